@@ -1,0 +1,1 @@
+"""Plumbing shared by the manager, relay and agents: settings, logging, NATS, supervision."""

@@ -1,0 +1,465 @@
+"""Jobnet and destination definitions: the model, and validation that names every error by its path.
+
+The input is the map read from TOML (or JSON)::
+
+    [destination.cloud]
+    relay = "gw"
+
+    [jobnet.nightly]
+    description = "..."
+
+    [[jobnet.nightly.job]]
+    id = "extract"
+    cmd = ["python3", "extract.py"]
+    agent = "db-host"
+
+A definition that does not validate is refused whole: ``DefinitionError`` carries every error found,
+each with a path such as ``jobnet.nightly.job[3].after`` (job indexes count from 0).
+"""
+
+import tomllib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from schemas.names import is_valid_name
+
+_TOP_KEYS = frozenset({"jobnet", "destination"})
+_JOBNET_KEYS = frozenset({"description", "tenant", "job"})
+_JOB_KEYS = frozenset(
+    {"id", "description", "cmd", "shell", "call", "args", "env", "cwd", "timeout_s", "after", "agent", "dest", "restart"}
+)
+_DEST_KEYS = frozenset({"relay", "restart", "tenant", "description"})
+#: Relay name a destination uses when its definition names none.
+DEFAULT_RELAY = "main"
+#: Tenant of definitions that name none.
+DEFAULT_TENANT = "default"
+#: Longest job timeout accepted, in seconds (30 days).
+MAX_TIMEOUT_S = 30 * 24 * 3600
+
+
+class RestartAttribute(StrEnum):
+    """What happens to an attempt whose executor was lost (JobCenter's queue restart attribute)."""
+
+    RESTART = "RESTART"
+    PURGE = "PURGE"
+    STOP = "STOP"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One problem in a definition, at a path."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class DefinitionError(ValueError):
+    """A definition was refused; ``errors`` names every problem found."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job of a jobnet. Exactly one of ``argv``, ``shell``, ``call`` is set; exactly one target."""
+
+    id: str
+    argv: tuple[str, ...] | None = None
+    shell: str | None = None
+    call: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    timeout_s: float | None = None
+    after: tuple[str, ...] = ()
+    agent: str | None = None
+    dest: str | None = None
+    restart: bool = True
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical map of this job, in the input format (defaults left out)."""
+        out: dict[str, Any] = {"id": self.id}
+        if self.description:
+            out["description"] = self.description
+        if self.argv is not None:
+            out["cmd"] = list(self.argv)
+        elif self.shell is not None:
+            out["cmd"] = self.shell
+            out["shell"] = True
+        else:
+            out["call"] = self.call
+            if self.args:
+                out["args"] = self.args
+        if self.env:
+            out["env"] = dict(self.env)
+        if self.cwd is not None:
+            out["cwd"] = self.cwd
+        if self.timeout_s is not None:
+            out["timeout_s"] = self.timeout_s
+        if self.after:
+            out["after"] = list(self.after)
+        if self.agent is not None:
+            out["agent"] = self.agent
+        else:
+            out["dest"] = self.dest
+        if not self.restart:
+            out["restart"] = False
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Jobnet:
+    """A named DAG of jobs."""
+
+    name: str
+    jobs: tuple[Job, ...]
+    description: str = ""
+    tenant: str = DEFAULT_TENANT
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical map of this jobnet, in the input format."""
+        out: dict[str, Any] = {}
+        if self.description:
+            out["description"] = self.description
+        if self.tenant != DEFAULT_TENANT:
+            out["tenant"] = self.tenant
+        out["job"] = [j.to_dict() for j in self.jobs]
+        return out
+
+    def job(self, job_id: str) -> Job:
+        """The job with this ID.
+
+        Raises:
+            KeyError: there is none.
+        """
+        for j in self.jobs:
+            if j.id == job_id:
+                return j
+        raise KeyError(job_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A pool of auto-scaled workers behind one name, reached through relays of one name."""
+
+    name: str
+    relay: str = DEFAULT_RELAY
+    restart: RestartAttribute = RestartAttribute.RESTART
+    tenant: str = DEFAULT_TENANT
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical map of this destination, in the input format."""
+        out: dict[str, Any] = {"relay": self.relay, "restart": str(self.restart)}
+        if self.tenant != DEFAULT_TENANT:
+            out["tenant"] = self.tenant
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Definitions:
+    """A validated set of jobnets and destinations."""
+
+    jobnets: dict[str, Jobnet] = field(default_factory=dict)
+    destinations: dict[str, Destination] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical map of everything, in the input format (what JSON export writes)."""
+        out: dict[str, Any] = {}
+        if self.destinations:
+            out["destination"] = {n: d.to_dict() for n, d in sorted(self.destinations.items())}
+        if self.jobnets:
+            out["jobnet"] = {n: j.to_dict() for n, j in sorted(self.jobnets.items())}
+        return out
+
+
+def parse_toml(text: str, source: str = "<toml>") -> Definitions:
+    """Parse and validate TOML definition text.
+
+    Raises:
+        DefinitionError: the text is not TOML, or the definitions do not validate.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DefinitionError([FieldError(source, f"not valid TOML: {exc}")]) from exc
+    return parse_definitions(data)
+
+
+def parse_definitions(data: Any) -> Definitions:
+    """Validate a definitions map (from TOML or JSON) and build the model.
+
+    Raises:
+        DefinitionError: with every problem found, each named by its path.
+    """
+    errors: list[FieldError] = []
+    if not isinstance(data, dict):
+        raise DefinitionError([FieldError("$", "definitions must be a map")])
+    for key in sorted(set(data) - _TOP_KEYS):
+        errors.append(FieldError(str(key), "unknown key (expected 'jobnet' or 'destination')"))
+    destinations = _parse_destinations(data.get("destination", {}), errors)
+    jobnets: dict[str, Jobnet] = {}
+    raw_nets = data.get("jobnet", {})
+    if not isinstance(raw_nets, dict):
+        errors.append(FieldError("jobnet", "must be a table of jobnets"))
+        raw_nets = {}
+    for name, body in raw_nets.items():
+        net = _parse_jobnet(str(name), body, errors)
+        if net is not None:
+            jobnets[net.name] = net
+    if errors:
+        raise DefinitionError(errors)
+    return Definitions(jobnets=jobnets, destinations=destinations)
+
+
+def merge(parts: list[Definitions]) -> Definitions:
+    """Combine definitions read from several files.
+
+    Raises:
+        DefinitionError: a jobnet or destination is defined twice.
+    """
+    jobnets: dict[str, Jobnet] = {}
+    destinations: dict[str, Destination] = {}
+    errors: list[FieldError] = []
+    for part in parts:
+        for name, net in part.jobnets.items():
+            if name in jobnets:
+                errors.append(FieldError(f"jobnet.{name}", "defined more than once"))
+            jobnets[name] = net
+        for name, dest in part.destinations.items():
+            if name in destinations:
+                errors.append(FieldError(f"destination.{name}", "defined more than once"))
+            destinations[name] = dest
+    if errors:
+        raise DefinitionError(errors)
+    return Definitions(jobnets=jobnets, destinations=destinations)
+
+
+def _parse_destinations(raw: Any, errors: list[FieldError]) -> dict[str, Destination]:
+    if not isinstance(raw, dict):
+        errors.append(FieldError("destination", "must be a table of destinations"))
+        return {}
+    out: dict[str, Destination] = {}
+    for name, body in raw.items():
+        path = f"destination.{name}"
+        if not is_valid_name(name):
+            errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
+            continue
+        if not isinstance(body, dict):
+            errors.append(FieldError(path, "must be a table"))
+            continue
+        _unknown_keys(body, _DEST_KEYS, path, errors)
+        relay = body.get("relay", DEFAULT_RELAY)
+        if not is_valid_name(relay):
+            errors.append(FieldError(f"{path}.relay", "must be a valid relay name"))
+        restart = body.get("restart", "RESTART")
+        if restart not in RestartAttribute._value2member_map_:
+            errors.append(FieldError(f"{path}.restart", "must be one of RESTART, PURGE, STOP"))
+            restart = "RESTART"
+        tenant = _tenant(body, path, errors)
+        desc = _string(body, "description", path, errors) or ""
+        out[name] = Destination(str(name), str(relay), RestartAttribute(restart), tenant, desc)
+    return out
+
+
+def _tenant(body: dict[str, Any], path: str, errors: list[FieldError]) -> str:
+    tenant = body.get("tenant", DEFAULT_TENANT)
+    if not is_valid_name(tenant):
+        errors.append(FieldError(f"{path}.tenant", "must be a valid tenant name"))
+        return DEFAULT_TENANT
+    return str(tenant)
+
+
+def _parse_jobnet(name: str, body: Any, errors: list[FieldError]) -> Jobnet | None:
+    path = f"jobnet.{name}"
+    if not is_valid_name(name):
+        errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
+        return None
+    if not isinstance(body, dict):
+        errors.append(FieldError(path, "must be a table"))
+        return None
+    _unknown_keys(body, _JOBNET_KEYS, path, errors)
+    raw_jobs = body.get("job")
+    if not isinstance(raw_jobs, list) or not raw_jobs:
+        errors.append(FieldError(f"{path}.job", "a jobnet needs at least one job ([[jobnet.NAME.job]])"))
+        return None
+    before = len(errors)
+    jobs = [job for i, raw in enumerate(raw_jobs) if (job := _parse_job(raw, f"{path}.job[{i}]", errors))]
+    # Identity and dependency checks read the raw tables, so a job with a bad field still has its
+    # duplicate ID and unknown dependencies reported in the same pass.
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(raw_jobs):
+        job_id = raw.get("id") if isinstance(raw, dict) else None
+        if not is_valid_name(job_id):
+            continue
+        if job_id in seen:
+            errors.append(FieldError(f"{path}.job[{i}].id", f"duplicate job id {job_id!r} (first at job[{seen[job_id]}])"))
+        else:
+            seen[job_id] = i
+    for i, raw in enumerate(raw_jobs):
+        after = raw.get("after", []) if isinstance(raw, dict) else []
+        for dep in [after] if isinstance(after, str) else after if isinstance(after, list) else []:
+            if isinstance(dep, str) and dep not in seen:
+                errors.append(FieldError(f"{path}.job[{i}].after", f"unknown job {dep!r}"))
+            elif isinstance(dep, str) and seen.get(dep) == i:
+                errors.append(FieldError(f"{path}.job[{i}].after", "a job cannot come after itself"))
+    if len(errors) == before:
+        cycle = find_cycle({j.id: j.after for j in jobs})
+        if cycle:
+            errors.append(FieldError(path, "dependency cycle: " + " -> ".join(cycle)))
+    desc = _string(body, "description", path, errors) or ""
+    tenant = _tenant(body, path, errors)
+    return Jobnet(name=name, jobs=tuple(jobs), description=desc, tenant=tenant)
+
+
+def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:  # noqa: C901 - one check per field
+    if not isinstance(raw, dict):
+        errors.append(FieldError(path, "must be a table"))
+        return None
+    before = len(errors)
+    _unknown_keys(raw, _JOB_KEYS, path, errors)
+    job_id = raw.get("id")
+    if not is_valid_name(job_id):
+        errors.append(FieldError(f"{path}.id", "missing or invalid: use letters, digits, '_' and '-' (at most 64)"))
+    argv, shell, call = _command(raw, path, errors)
+    args = raw.get("args", {})
+    if not isinstance(args, dict):
+        errors.append(FieldError(f"{path}.args", "must be a table"))
+    elif args and call is None:
+        errors.append(FieldError(f"{path}.args", "only a 'call' job takes args"))
+    env = raw.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        errors.append(FieldError(f"{path}.env", "must be a table of strings"))
+        env = {}
+    cwd = _string(raw, "cwd", path, errors)
+    timeout_s = raw.get("timeout_s")
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s <= MAX_TIMEOUT_S
+    ):
+        errors.append(FieldError(f"{path}.timeout_s", f"must be a number of seconds in (0, {MAX_TIMEOUT_S}]"))
+    after = raw.get("after", [])
+    if isinstance(after, str):
+        after = [after]
+    if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+        errors.append(FieldError(f"{path}.after", "must be a list of job ids"))
+        after = []
+    elif len(set(after)) != len(after):
+        errors.append(FieldError(f"{path}.after", "lists a job more than once"))
+    agent, dest = raw.get("agent"), raw.get("dest")
+    if (agent is None) == (dest is None):
+        errors.append(FieldError(path, "needs exactly one target: 'agent' (a standard agent) or 'dest' (a destination)"))
+    elif agent is not None and not is_valid_name(agent):
+        errors.append(FieldError(f"{path}.agent", "must be a valid agent name"))
+    elif dest is not None and not is_valid_name(dest):
+        errors.append(FieldError(f"{path}.dest", "must be a valid destination name"))
+    restart = raw.get("restart", True)
+    if not isinstance(restart, bool):
+        errors.append(FieldError(f"{path}.restart", "must be true or false"))
+    desc = _string(raw, "description", path, errors) or ""
+    if len(errors) != before:
+        return None
+    return Job(
+        id=job_id,
+        argv=argv,
+        shell=shell,
+        call=call,
+        args=args,
+        env=env,
+        cwd=cwd,
+        timeout_s=float(timeout_s) if timeout_s is not None else None,
+        after=tuple(after),
+        agent=agent,
+        dest=dest,
+        restart=restart,
+        description=desc,
+    )
+
+
+def _command(raw: dict[str, Any], path: str, errors: list[FieldError]) -> tuple[tuple[str, ...] | None, str | None, str | None]:
+    cmd, call, shell = raw.get("cmd"), raw.get("call"), raw.get("shell", False)
+    if not isinstance(shell, bool):
+        errors.append(FieldError(f"{path}.shell", "must be true or false"))
+        shell = False
+    if cmd is None and call is None:
+        errors.append(FieldError(path, "missing command: set 'cmd' (argv list, or a string with shell = true) or 'call'"))
+        return None, None, None
+    if cmd is not None and call is not None:
+        errors.append(FieldError(path, "set either 'cmd' or 'call', not both"))
+        return None, None, None
+    if call is not None:
+        if shell:
+            errors.append(FieldError(f"{path}.shell", "only a 'cmd' string runs in a shell"))
+        if not isinstance(call, str) or call.count(":") != 1 or not all(call.split(":")):
+            errors.append(FieldError(f"{path}.call", "must be 'package.module:function'"))
+            return None, None, None
+        return None, None, call
+    if isinstance(cmd, str):
+        if not shell:
+            errors.append(FieldError(f"{path}.cmd", "a string command runs in a shell only with shell = true; use an argv list"))
+            return None, None, None
+        if not cmd.strip():
+            errors.append(FieldError(f"{path}.cmd", "must not be empty"))
+            return None, None, None
+        return None, cmd, None
+    if shell:
+        errors.append(FieldError(f"{path}.shell", "shell = true needs 'cmd' to be one string"))
+    if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) for a in cmd) or not cmd[0]:
+        errors.append(FieldError(f"{path}.cmd", "must be a non-empty list of strings (argv)"))
+        return None, None, None
+    return tuple(cmd), None, None
+
+
+def _string(raw: dict[str, Any], key: str, path: str, errors: list[FieldError]) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        errors.append(FieldError(f"{path}.{key}", "must be a string"))
+        return None
+    return value
+
+
+def _unknown_keys(raw: dict[str, Any], allowed: frozenset[str], path: str, errors: list[FieldError]) -> None:
+    for key in sorted(set(raw) - allowed, key=str):
+        errors.append(FieldError(f"{path}.{key}", "unknown key"))
+
+
+def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str]:
+    """Find one dependency cycle, as the list of nodes that walks it (first node repeated at the end).
+
+    ``graph`` maps each node to the nodes it comes after. Returns an empty list when there is none.
+    """
+    white, grey, black = 0, 1, 2
+    colour = dict.fromkeys(graph, white)
+    for root in graph:
+        if colour[root] != white:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path: list[str] = [root]
+        colour[root] = grey
+        while stack:
+            node, i = stack[-1]
+            deps = graph.get(node, ())
+            if i < len(deps):
+                stack[-1] = (node, i + 1)
+                nxt = deps[i]
+                if colour.get(nxt, black) == grey:
+                    cyc = path[path.index(nxt) :] + [nxt]
+                    cyc.reverse()  # read it in run order: a -> b means b comes after a
+                    return cyc
+                if colour.get(nxt) == white:
+                    colour[nxt] = grey
+                    stack.append((nxt, 0))
+                    path.append(nxt)
+            else:
+                colour[node] = black
+                stack.pop()
+                path.pop()
+    return []
