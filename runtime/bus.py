@@ -70,7 +70,7 @@ async def connect(settings: BusSettings) -> Client:
                 reconnected_cb=_on_reconnected,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=RECONNECT_WAIT_S,  # type: ignore[arg-type]
+                reconnect_time_wait=RECONNECT_WAIT_S,
                 ping_interval=PING_INTERVAL_S,
                 max_outstanding_pings=MAX_OUTSTANDING_PINGS,
                 connect_timeout=2,

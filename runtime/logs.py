@@ -46,7 +46,11 @@ def configure(level: str = "INFO", json: bool = False, process: str = "") -> Non
                 "json": {"()": JsonFormatter},
             },
             "handlers": {
-                "stderr": {"class": "logging.StreamHandler", "stream": sys.stderr, "formatter": "json" if json else "plain"}
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "stream": sys.stderr,
+                    "formatter": "json" if json else "plain",
+                }
             },
             "root": {"level": level.upper(), "handlers": ["stderr"]},
             "loggers": {"nats": {"level": "WARNING"}, "aiosqlite": {"level": "WARNING"}},

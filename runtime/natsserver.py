@@ -59,12 +59,16 @@ class NatsServer:
         args += ["--ports_file_dir", str(self.store_dir), "-l", str(self.store_dir / "nats-server.log")]
         if self.config_file is not None:
             args += ["-c", str(self.config_file)]
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         ports = self.store_dir / f"nats-server_{self._proc.pid}.ports"
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise ConfigError(f"nats-server exited with {self._proc.returncode}; see {self.store_dir}/nats-server.log")
+                raise ConfigError(
+                    f"nats-server exited with {self._proc.returncode}; see {self.store_dir}/nats-server.log"
+                )
             if ports.exists():
                 try:
                     self.url = json.loads(ports.read_text())["nats"][0]

@@ -27,7 +27,21 @@ from schemas.names import is_valid_name
 _TOP_KEYS = frozenset({"jobnet", "destination"})
 _JOBNET_KEYS = frozenset({"description", "tenant", "job"})
 _JOB_KEYS = frozenset(
-    {"id", "description", "cmd", "shell", "call", "args", "env", "cwd", "timeout_s", "after", "agent", "dest", "restart"}
+    {
+        "id",
+        "description",
+        "cmd",
+        "shell",
+        "call",
+        "args",
+        "env",
+        "cwd",
+        "timeout_s",
+        "after",
+        "agent",
+        "dest",
+        "restart",
+    }
 )
 _DEST_KEYS = frozenset({"relay", "restart", "tenant", "description"})
 #: Relay name a destination uses when its definition names none.
@@ -299,10 +313,12 @@ def _parse_jobnet(name: str, body: Any, errors: list[FieldError]) -> Jobnet | No
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_jobs):
         job_id = raw.get("id") if isinstance(raw, dict) else None
-        if not is_valid_name(job_id):
+        if not isinstance(job_id, str) or not is_valid_name(job_id):
             continue
         if job_id in seen:
-            errors.append(FieldError(f"{path}.job[{i}].id", f"duplicate job id {job_id!r} (first at job[{seen[job_id]}])"))
+            errors.append(
+                FieldError(f"{path}.job[{i}].id", f"duplicate job id {job_id!r} (first at job[{seen[job_id]}])")
+            )
         else:
             seen[job_id] = i
     for i, raw in enumerate(raw_jobs):
@@ -328,7 +344,7 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:  # 
     before = len(errors)
     _unknown_keys(raw, _JOB_KEYS, path, errors)
     job_id = raw.get("id")
-    if not is_valid_name(job_id):
+    if not isinstance(job_id, str) or not is_valid_name(job_id):
         errors.append(FieldError(f"{path}.id", "missing or invalid: use letters, digits, '_' and '-' (at most 64)"))
     argv, shell, call = _command(raw, path, errors)
     args = raw.get("args", {})
@@ -356,7 +372,9 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:  # 
         errors.append(FieldError(f"{path}.after", "lists a job more than once"))
     agent, dest = raw.get("agent"), raw.get("dest")
     if (agent is None) == (dest is None):
-        errors.append(FieldError(path, "needs exactly one target: 'agent' (a standard agent) or 'dest' (a destination)"))
+        errors.append(
+            FieldError(path, "needs exactly one target: 'agent' (a standard agent) or 'dest' (a destination)")
+        )
     elif agent is not None and not is_valid_name(agent):
         errors.append(FieldError(f"{path}.agent", "must be a valid agent name"))
     elif dest is not None and not is_valid_name(dest):
@@ -368,7 +386,7 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:  # 
     if len(errors) != before:
         return None
     return Job(
-        id=job_id,
+        id=str(job_id),
         argv=argv,
         shell=shell,
         call=call,
@@ -384,13 +402,17 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:  # 
     )
 
 
-def _command(raw: dict[str, Any], path: str, errors: list[FieldError]) -> tuple[tuple[str, ...] | None, str | None, str | None]:
+def _command(
+    raw: dict[str, Any], path: str, errors: list[FieldError]
+) -> tuple[tuple[str, ...] | None, str | None, str | None]:
     cmd, call, shell = raw.get("cmd"), raw.get("call"), raw.get("shell", False)
     if not isinstance(shell, bool):
         errors.append(FieldError(f"{path}.shell", "must be true or false"))
         shell = False
     if cmd is None and call is None:
-        errors.append(FieldError(path, "missing command: set 'cmd' (argv list, or a string with shell = true) or 'call'"))
+        errors.append(
+            FieldError(path, "missing command: set 'cmd' (argv list, or a string with shell = true) or 'call'")
+        )
         return None, None, None
     if cmd is not None and call is not None:
         errors.append(FieldError(path, "set either 'cmd' or 'call', not both"))
@@ -404,7 +426,9 @@ def _command(raw: dict[str, Any], path: str, errors: list[FieldError]) -> tuple[
         return None, None, call
     if isinstance(cmd, str):
         if not shell:
-            errors.append(FieldError(f"{path}.cmd", "a string command runs in a shell only with shell = true; use an argv list"))
+            errors.append(
+                FieldError(f"{path}.cmd", "a string command runs in a shell only with shell = true; use an argv list")
+            )
             return None, None, None
         if not cmd.strip():
             errors.append(FieldError(f"{path}.cmd", "must not be empty"))
@@ -451,7 +475,7 @@ def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str]:
                 stack[-1] = (node, i + 1)
                 nxt = deps[i]
                 if colour.get(nxt, black) == grey:
-                    cyc = path[path.index(nxt) :] + [nxt]
+                    cyc = [*path[path.index(nxt) :], nxt]
                     cyc.reverse()  # read it in run order: a -> b means b comes after a
                     return cyc
                 if colour.get(nxt) == white:

@@ -41,5 +41,5 @@ class WireError(Exception):
     def from_wire(cls, data: dict[str, Any]) -> "WireError":
         """Rebuild an error from its wire map; unknown codes become ``internal``."""
         raw = data.get("code")
-        code = ErrorCode(raw) if raw in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
+        code = ErrorCode(str(raw)) if raw in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
         return cls(code, str(data.get("message", "")), bool(data.get("retryable", False)))

@@ -46,6 +46,7 @@ class JobStatus(StrEnum):
     TIMED_OUT = "timed_out"
     KILLED = "killed"
     ERROR = "error"  #: could not start (command not found, bad call target)
+    LOST = "lost"  #: the executor was lost and the job's restart rules forbid running it again
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +234,7 @@ class Finished:
             raise ValueError("truncated_bytes must be an integer")
         return cls(
             attempt_id=_req_str(data, "attempt_id"),
-            status=JobStatus(status),
+            status=JobStatus(str(status)),
             exit_code=exit_code,
             stdout=stdout,
             stderr=stderr,
