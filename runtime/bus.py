@@ -43,7 +43,7 @@ async def _on_error(exc: Exception) -> None:
 
 
 async def _on_disconnected() -> None:
-    logger.warning("nats: disconnected, reconnecting")
+    logger.info("nats: disconnected")
 
 
 async def _on_reconnected() -> None:

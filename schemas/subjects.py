@@ -6,6 +6,10 @@ from schemas.names import check_name
 ROOT = "ekiden"
 #: Standard agents and destination workers announce themselves here.
 REGISTER = f"{ROOT}.reg"
+#: Every manager's hello, for agents and relays that serve any server ID.
+ALL_HELLO = f"{ROOT}.*.hello"
+#: Every standard agent's heartbeat, for managers.
+ALL_AGENT_HEARTBEATS = f"{ROOT}.agent.*.hb"
 #: Queue group shared by the managers of one server ID (only the active one subscribes).
 MANAGER_QUEUE = "manager"
 #: Queue group shared by relays of one name.
@@ -32,6 +36,15 @@ def events(sid: str) -> str:
 def hello(sid: str) -> str:
     """A manager became active for ``sid``: outboxes resend what is not yet acked."""
     return f"{ROOT}.{check_name(sid, 'server id')}.hello"
+
+
+def hello_all() -> str:
+    """Wildcard that agents and relays subscribe to: a manager of any server ID became active."""
+    return f"{ROOT}.*.hello"
+
+
+#: Every server ID's hello subject: agents and relays resend to whichever manager becomes active.
+HELLO_ALL = f"{ROOT}.*.hello"
 
 
 def run_updates(sid: str, run_id: str) -> str:

@@ -1,0 +1,328 @@
+"""The ``ekiden`` command: validate, apply, run and watch jobnets; start the embedded stack; run services."""
+
+import argparse
+import asyncio
+import io
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ekiden.client import ApiClient, CliError, find_endpoint, site_dir
+from ekiden.deffiles import load_definitions
+from ekiden.follow import RunFollower
+from ekiden.render import clock, run_status, table
+from ekiden.up import Stack, StackPlan
+from schemas.definitions import DefinitionError, Definitions
+from schemas.errors import WireError
+
+#: Exit code of a command whose run ended without success.
+EXIT_RUN_FAILED = 1
+#: Exit code of a usage or input error.
+EXIT_ERROR = 2
+#: Services that ``ekiden NAME ...`` runs in place of this process.
+SERVICES = {"manager": "engine", "relay": "relay", "agent": "agents"}
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", help="site directory (default: $EKIDEN_SITE or ./ekiden-site)")
+    p.add_argument("--nats", help="NATS URL of the site (default: $EKIDEN_NATS or the site's endpoint.json)")
+    p.add_argument("--server-id", help="manager server ID (default: $EKIDEN_SERVER_ID or the site's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(prog="ekiden", description="Ekiden job scheduler")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("validate", help="check definition files (no server needed)")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+
+    s = sub.add_parser("apply", help="register definitions with the manager (each change is a new version)")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    _connection_args(s)
+
+    s = sub.add_parser("run", help="start a run of a jobnet")
+    s.add_argument("jobnet")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--wait", action="store_true", help="wait for the run to end; exit 0 only if it succeeded")
+    s.add_argument("--follow", action="store_true", help="show progress until the run ends (implies --wait)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    _connection_args(s)
+
+    s = sub.add_parser("status", help="show a run")
+    s.add_argument("run")
+    s.add_argument("--json", action="store_true")
+    _connection_args(s)
+
+    s = sub.add_parser("ls", help="list jobnets, runs or agents")
+    s.add_argument("what", choices=["jobnets", "runs", "agents"])
+    s.add_argument("--jobnet", help="runs of this jobnet only")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--json", action="store_true")
+    _connection_args(s)
+
+    s = sub.add_parser("logs", help="show a job's output")
+    s.add_argument("run")
+    s.add_argument("job")
+    s.add_argument("--attempt", type=int, help="attempt number (default: the latest)")
+    _connection_args(s)
+
+    s = sub.add_parser("up", help="start the embedded stack: NATS, manager, relay, workers, agent")
+    s.add_argument("paths", nargs="*", metavar="DEFS", help="definition files or directories (default: examples/)")
+    s.add_argument("--site", help="site directory (default: $EKIDEN_SITE or ./ekiden-site)")
+    s.add_argument("--run", metavar="JOBNET", help="run this jobnet, show progress, stop, exit 0 if it succeeded")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--workers", type=int, default=2, help="workers per destination")
+    s.add_argument("--concurrency", type=int, default=4, help="jobs at once per worker")
+
+    for name in SERVICES:
+        s = sub.add_parser(name, help=f"run a {name} (see 'ekiden {name} --help')", add_help=False)
+        s.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``ekiden`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command in SERVICES:
+        module = SERVICES[args.command]
+        os.execv(sys.executable, [sys.executable, "-m", module, *args.args])
+    try:
+        code = _run_async(COMMANDS[args.command](args))
+    except DefinitionError as exc:
+        print(f"ekiden: definitions refused ({len(exc.errors)} errors):", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        code = EXIT_ERROR
+    except (CliError, WireError) as exc:
+        print(f"ekiden: {exc}", file=sys.stderr)
+        code = EXIT_ERROR
+    sys.exit(code)
+
+
+def _run_async(coro: Awaitable[int]) -> int:
+    import uvloop
+
+    async def _main() -> int:
+        return await coro
+
+    return uvloop.run(_main())
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"parameter {pair!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=_json_default).decode() + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError
+
+
+async def _client(args: argparse.Namespace) -> ApiClient:
+    return await ApiClient.connect(find_endpoint(args.nats, args.server_id, args.site))
+
+
+async def cmd_validate(args: argparse.Namespace) -> int:
+    """``ekiden validate``."""
+    defs = load_definitions(args.paths)
+    jobs = sum(len(n.jobs) for n in defs.jobnets.values())
+    print(f"ok: {len(defs.jobnets)} jobnets, {jobs} jobs, {len(defs.destinations)} destinations")
+    return 0
+
+
+async def cmd_apply(args: argparse.Namespace) -> int:
+    """``ekiden apply``."""
+    defs = load_definitions(args.paths)
+    client = await _client(args)
+    try:
+        result = await client.call("apply", definitions=defs.to_dict())
+    finally:
+        await client.close()
+    _print_applied(result)
+    return 0
+
+
+def _print_applied(result: dict[str, Any]) -> None:
+    for net in result["jobnets"]:
+        change = "applied" if net["changed"] else "unchanged"
+        print(f"jobnet {net['name']}: version {net['version']} ({change})")
+    for dest in result["destinations"]:
+        print(f"destination {dest}: applied")
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    """``ekiden run``."""
+    client = await _client(args)
+    try:
+        return await _start_and_watch(client, args.jobnet, _params(args.param), args.follow, args.wait, args.json)
+    finally:
+        await client.close()
+
+
+async def _start_and_watch(
+    client: ApiClient, jobnet: str, params: dict[str, str], follow: bool, wait: bool, as_json: bool
+) -> int:
+    started = await client.call("run", jobnet=jobnet, params=params)
+    run_id = started["run"]
+    if not (follow or wait):
+        _print_json(started) if as_json else print(f"run {run_id} of {jobnet} v{started['version']} started")
+        return 0
+    out = sys.stdout if follow and not as_json else io.StringIO()
+    doc = await RunFollower(client, run_id, out).follow()
+    if as_json:
+        _print_json(doc)
+    elif not follow:
+        print(run_status(doc))
+    return 0 if doc["state"] == "succeeded" else EXIT_RUN_FAILED
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    """``ekiden status``."""
+    client = await _client(args)
+    try:
+        doc = await client.call("status", run=args.run)
+    finally:
+        await client.close()
+    _print_json(doc) if args.json else print(run_status(doc))
+    return 0
+
+
+async def cmd_ls(args: argparse.Namespace) -> int:
+    """``ekiden ls``."""
+    client = await _client(args)
+    try:
+        if args.what == "runs":
+            rows = await client.call("runs", jobnet=args.jobnet, limit=args.limit)
+        else:
+            rows = await client.call(args.what)
+    finally:
+        await client.close()
+    if args.json:
+        _print_json(rows)
+    elif args.what == "runs":
+        print(
+            table(
+                [
+                    [
+                        r["run"],
+                        r["jobnet"],
+                        str(r["version"]),
+                        r["state"],
+                        f"{r['succeeded']}/{r['jobs']}",
+                        clock(r["created_at"]),
+                    ]
+                    for r in rows
+                ],
+                ["RUN", "JOBNET", "VER", "STATE", "DONE", "STARTED"],
+            )
+        )
+    elif args.what == "jobnets":
+        print(
+            table(
+                [[r["name"], str(r["version"]), str(r["jobs"]), r["tenant"], r["description"]] for r in rows],
+                ["JOBNET", "VER", "JOBS", "TENANT", "DESCRIPTION"],
+            )
+        )
+    else:
+        print(
+            table(
+                [
+                    [r["name"], r["kind"], r["state"], str(r["inventory"].get("host", "-")), f"{r['seen_s_ago']}s ago"]
+                    for r in rows
+                ],
+                ["AGENT", "KIND", "STATE", "HOST", "LAST SEEN"],
+            )
+        )
+    return 0
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    """``ekiden logs``."""
+    client = await _client(args)
+    try:
+        out = await client.call("logs", run=args.run, job=args.job, attempt=args.attempt)
+    finally:
+        await client.close()
+    sys.stdout.buffer.write(out["stdout"])
+    sys.stdout.flush()
+    sys.stderr.buffer.write(out["stderr"])
+    if not out["finished"]:
+        print(f"(attempt {out['attempt']} has not finished)", file=sys.stderr)
+    return 0
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    """``ekiden up``."""
+    paths = args.paths or ["examples"]
+    defs = await asyncio.to_thread(_load_for_up, paths, bool(args.paths))
+    if args.run and args.run not in defs.jobnets:
+        raise CliError(f"--run {args.run}: no such jobnet in {', '.join(paths)}")
+    params = _params(args.param)
+    stack = Stack(site_dir(args.site).resolve())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"starting the embedded stack in {stack.site} ...", flush=True)
+    try:
+        await stack.start(StackPlan.for_definitions(defs, args.workers, args.concurrency))
+        client = await ApiClient.connect(stack.endpoint)
+        try:
+            _print_applied(await client.call("apply", definitions=defs.to_dict()))
+            print(f"up: NATS at {stack.endpoint.nats_url}, server id {stack.server_id}, logs in {stack.site}/logs")
+            if args.run:
+                return await _run_or_stop(client, args.run, params, stop)
+            print("serving; press Ctrl-C to stop")
+            await stop.wait()
+            return 0
+        finally:
+            await client.close()
+    finally:
+        print("stopping ...", flush=True)
+        await stack.stop()
+
+
+def _load_for_up(paths: list[str], named: bool) -> Definitions:
+    if not named and not Path("examples").is_dir():
+        raise CliError("no definitions given and no ./examples directory: run from the repository or name files")
+    return load_definitions(paths)
+
+
+async def _run_or_stop(client: ApiClient, jobnet: str, params: dict[str, str], stop: asyncio.Event) -> int:
+    async with asyncio.TaskGroup() as tg:
+        run = tg.create_task(_start_and_watch(client, jobnet, params, True, True, False))
+        stopper = tg.create_task(stop.wait())
+        done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if run not in done:
+            run.cancel()
+            print("interrupted", file=sys.stderr)
+            return EXIT_RUN_FAILED
+        stopper.cancel()
+    return run.result()
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+    "validate": cmd_validate,
+    "apply": cmd_apply,
+    "run": cmd_run,
+    "status": cmd_status,
+    "ls": cmd_ls,
+    "logs": cmd_logs,
+    "up": cmd_up,
+}

@@ -1,0 +1,131 @@
+"""The control API: request-reply verbs on ``ekiden.<sid>.api.<verb>``, answered by the active manager."""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from engine.core import Command, Core
+from engine.settings import ManagerSettings
+from engine.store import Lease, SiteQueries
+from runtime.bus import reply
+from schemas.codec import decode, encode_one, error_reply
+from schemas.errors import ErrorCode, WireError
+from schemas.messages import Envelope, Kind
+
+logger = logging.getLogger(__name__)
+
+#: Requests handled at once.
+MAX_CONCURRENT_REQUESTS = 64
+#: Seconds a state-changing command may wait for its commit.
+COMMAND_TIMEOUT_S = 30.0
+#: Most runs one listing returns.
+MAX_LIST = 1000
+
+
+class Api:
+    """Answers control requests: reads go to the database, changes go through the core."""
+
+    def __init__(self, core: Core, queries: SiteQueries, settings: ManagerSettings, lease: Lease) -> None:
+        self._core = core
+        self._queries = queries
+        self._settings = settings
+        self._lease = lease
+        self._verbs: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "ping": self._ping,
+            "apply": self._command("apply"),
+            "run": self._command("run"),
+            "maintenance": self._command("maintenance"),
+            "status": self._status,
+            "runs": self._runs,
+            "jobnets": self._jobnets,
+            "agents": self._agents,
+            "logs": self._logs,
+        }
+
+    async def serve(self, sub: Subscription) -> None:
+        """Answer requests from ``sub`` until cancelled."""
+        slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        async with asyncio.TaskGroup() as tg:
+            async for msg in sub.messages:
+                await slots.acquire()
+                tg.create_task(self._handle(msg, slots))
+
+    async def _handle(self, msg: Msg, slots: asyncio.Semaphore) -> None:
+        verb = msg.subject.rsplit(".", 1)[-1]
+        try:
+            handler = self._verbs.get(verb)
+            if handler is None:
+                raise WireError(ErrorCode.NOT_FOUND, f"unknown API verb {verb!r}")
+            args = decode(msg.data)[0].payload
+            result = await handler(args)
+            body = encode_one(
+                Envelope(Kind.REPLY, self._settings.server_id, {"result": result}, self._lease.epoch, ts=time.time())
+            )
+        except WireError as exc:
+            body = error_reply(exc, self._settings.server_id, time.time())
+        except Exception as exc:  # the per-request boundary: log once, answer with an error
+            logger.exception("API %s failed", verb)
+            body = error_reply(WireError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", True))
+        finally:
+            slots.release()
+        try:
+            await reply(msg, body)
+        except Exception as exc:  # the requester is gone; it will retry or give up
+            logger.debug("API reply to %s lost: %s", verb, exc)
+
+    def _command(self, verb: str) -> Callable[[dict[str, Any]], Awaitable[Any]]:
+        async def run_command(args: dict[str, Any]) -> Any:
+            cmd = Command(verb, args)
+            await self._core.queue.put(cmd)
+            async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                return await cmd.done
+
+        return run_command
+
+    async def _ping(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "server_id": self._settings.server_id,
+            "epoch": self._lease.epoch,
+            "host": self._settings.host,
+            "pid": self._settings.pid,
+            "site": str(self._settings.site_dir),
+            "maintenance": self._core.maintenance,
+            "runs_active": len(self._core.runs),
+        }
+
+    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
+        run_id = str(args.get("run", ""))
+        doc = await self._queries.run_doc(run_id)
+        if doc is None:
+            raise WireError(ErrorCode.NOT_FOUND, f"no run {run_id!r}")
+        return doc
+
+    async def _runs(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        jobnet = args.get("jobnet")
+        limit = args.get("limit", 50)
+        if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
+            raise WireError(ErrorCode.INVALID, f"limit must be an integer in 1..{MAX_LIST}")
+        return await self._queries.runs(jobnet if isinstance(jobnet, str) else None, limit)
+
+    async def _jobnets(self, _args: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self._queries.jobnets()
+
+    async def _agents(self, _args: dict[str, Any]) -> list[dict[str, Any]]:
+        now = time.time()
+        agents = await self._queries.agents()
+        for agent in agents:
+            agent["seen_s_ago"] = round(now - agent["last_seen"], 1)
+        return agents
+
+    async def _logs(self, args: dict[str, Any]) -> dict[str, Any]:
+        run_id, job = str(args.get("run", "")), str(args.get("job", ""))
+        n = args.get("attempt")
+        out = await self._queries.output(run_id, job, n if isinstance(n, int) else None)
+        if out is None:
+            raise WireError(ErrorCode.NOT_FOUND, f"no attempt of job {job!r} in run {run_id!r}")
+        return out

@@ -1,0 +1,38 @@
+"""The site database's schema, as numbered migrations applied in order; ``meta.schema_version`` says how far."""
+
+#: Each entry upgrades the schema from version ``index`` to ``index + 1``.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE lease(
+        name TEXT PRIMARY KEY, holder TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+        epoch INTEGER NOT NULL, expires_at REAL NOT NULL, acquired_at REAL NOT NULL);
+    CREATE TABLE jobnet_versions(
+        name TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL, digest TEXT NOT NULL,
+        tenant TEXT NOT NULL, applied_at REAL NOT NULL, PRIMARY KEY(name, version)) WITHOUT ROWID;
+    CREATE TABLE destinations(name TEXT PRIMARY KEY, body TEXT NOT NULL, applied_at REAL NOT NULL) WITHOUT ROWID;
+    CREATE TABLE runs(
+        run_id INTEGER PRIMARY KEY, jobnet TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL,
+        tenant TEXT NOT NULL, params TEXT NOT NULL, created_at REAL NOT NULL, ended_at REAL);
+    CREATE INDEX runs_by_state ON runs(state);
+    CREATE INDEX runs_by_jobnet ON runs(jobnet, run_id);
+    CREATE TABLE jobs(
+        run_id INTEGER NOT NULL, job_id TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+        attempt_id TEXT, exit_code INTEGER, started_at REAL, ended_at REAL, reason TEXT NOT NULL,
+        PRIMARY KEY(run_id, job_id)) WITHOUT ROWID;
+    CREATE TABLE attempts(
+        attempt_id TEXT PRIMARY KEY, run_id INTEGER NOT NULL, job_id TEXT NOT NULL, n INTEGER NOT NULL,
+        target TEXT NOT NULL, dispatched_at REAL NOT NULL, accepted_at REAL, started_at REAL, finished_at REAL,
+        status TEXT NOT NULL, exit_code INTEGER, host TEXT NOT NULL, pid INTEGER, reason TEXT NOT NULL) WITHOUT ROWID;
+    CREATE INDEX attempts_by_job ON attempts(run_id, job_id, n);
+    CREATE TABLE outputs(
+        attempt_id TEXT PRIMARY KEY, stdout BLOB NOT NULL, stderr BLOB NOT NULL,
+        truncated_bytes INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE agents(
+        name TEXT PRIMARY KEY, kind TEXT NOT NULL, inventory TEXT NOT NULL, registered_at REAL NOT NULL,
+        last_seen REAL NOT NULL, state TEXT NOT NULL) WITHOUT ROWID;
+    """,
+)
+
+#: The schema version this code writes.
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,136 @@
+"""The in-memory picture of the runs a manager is walking; the site database holds the same, committed.
+
+The core changes these objects and marks them dirty; the store writes the dirty ones in one transaction
+per loop tick (group commit), so a row is always written from the object's latest state, whatever order
+the changes came in.
+"""
+
+from dataclasses import dataclass, field
+
+from engine.states import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState, RunState
+from schemas.definitions import Job, Jobnet
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at running a job; its ID is also the dispatch's dedupe ID."""
+
+    attempt_id: str
+    n: int
+    target: str
+    dispatched_at: float
+    accepted_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    status: str = ""
+    exit_code: int | None = None
+    host: str = ""
+    pid: int | None = None
+    reason: str = ""
+    #: monotonic time of the last sign of life (dispatch, start, heartbeat); memory only
+    seen_at: float = 0.0
+
+
+@dataclass(slots=True)
+class JobRun:
+    """One job within one run."""
+
+    job: Job
+    state: JobState
+    #: jobs this one comes after that have not succeeded yet
+    pending: int
+    attempts: int = 0
+    exit_code: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    current: Attempt | None = None
+    #: why the job is where it is (shown in status): refusal, unreachable target, skip cause
+    reason: str = ""
+
+    @property
+    def id(self) -> str:
+        """The job's ID within its jobnet."""
+        return self.job.id
+
+
+@dataclass(slots=True)
+class Run:
+    """One run of one version of a jobnet."""
+
+    run_id: str
+    jobnet: Jobnet
+    version: int
+    state: RunState
+    created_at: float
+    jobs: dict[str, JobRun]
+    dependants: dict[str, list[str]]
+    ended_at: float | None = None
+    tenant: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, run_id: str, jobnet: Jobnet, version: int, now: float, params: dict[str, str]) -> "Run":
+        """A run that has not started any job yet (every job waiting or ready)."""
+        jobs = {
+            j.id: JobRun(job=j, state=JobState.READY if not j.after else JobState.WAITING, pending=len(j.after))
+            for j in jobnet.jobs
+        }
+        return cls(
+            run_id=run_id,
+            jobnet=jobnet,
+            version=version,
+            state=RunState.RUNNING,
+            created_at=now,
+            jobs=jobs,
+            dependants=dependants_of(jobnet),
+            tenant=jobnet.tenant,
+            params=params,
+        )
+
+    def ready(self) -> list[JobRun]:
+        """Jobs that may be dispatched now."""
+        return [j for j in self.jobs.values() if j.state == JobState.READY]
+
+    def is_settled(self) -> bool:
+        """No job is active or ready: the run can end."""
+        return not any(j.state in ACTIVE_JOB_STATES or j.state == JobState.READY for j in self.jobs.values())
+
+    def final_state(self) -> RunState:
+        """The state the run ends in once settled."""
+        if all(j.state == JobState.SUCCEEDED for j in self.jobs.values()):
+            return RunState.SUCCEEDED
+        return RunState.FAILED
+
+    def release_dependants(self, job_id: str) -> list[JobRun]:
+        """A job succeeded: count it off its dependants and return those that became ready."""
+        became_ready = []
+        for dep_id in self.dependants.get(job_id, ()):
+            dep = self.jobs[dep_id]
+            dep.pending -= 1
+            if dep.pending == 0 and dep.state == JobState.WAITING:
+                dep.state = JobState.READY
+                became_ready.append(dep)
+        return became_ready
+
+    def skip_downstream(self, job_id: str) -> list[JobRun]:
+        """A job ended without success: everything after it, transitively, will not run."""
+        skipped = []
+        stack = list(self.dependants.get(job_id, ()))
+        while stack:
+            dep = self.jobs[stack.pop()]
+            if dep.state in FINAL_JOB_STATES or dep.state in ACTIVE_JOB_STATES:
+                continue
+            dep.state = JobState.SKIPPED
+            dep.reason = f"not run: {job_id} did not succeed"
+            skipped.append(dep)
+            stack.extend(self.dependants.get(dep.id, ()))
+        return skipped
+
+
+def dependants_of(jobnet: Jobnet) -> dict[str, list[str]]:
+    """For each job, the jobs that come directly after it."""
+    out: dict[str, list[str]] = {j.id: [] for j in jobnet.jobs}
+    for j in jobnet.jobs:
+        for dep in j.after:
+            out[dep].append(j.id)
+    return out

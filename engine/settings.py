@@ -1,0 +1,45 @@
+"""The manager's settings: built once from the command line and environment, then passed down."""
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.bus import BusSettings
+from schemas.names import check_name
+
+#: Default server ID of a site.
+DEFAULT_SERVER_ID = "main"
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerSettings:
+    """Everything the manager reads from outside."""
+
+    site_dir: Path
+    server_id: str = DEFAULT_SERVER_ID
+    bus: BusSettings = field(default_factory=BusSettings)
+    #: Seconds the lease lasts without renewal; a standby takes over this long after the active one dies.
+    lease_s: float = 6.0
+    #: Seconds between lease renewals (and watchdog sweeps).
+    tick_s: float = 1.0
+    #: Seconds a standby waits between looks at the lease.
+    standby_poll_s: float = 0.5
+    #: Seconds after which a dispatch that no relay or agent accepted is sent again (same attempt ID).
+    dispatch_timeout_s: float = 5.0
+    #: Seconds to wait for a relay's or agent's reply to a dispatch batch.
+    dispatch_request_timeout_s: float = 5.0
+    #: Bytes of stdout and of stderr kept per attempt.
+    output_limit_bytes: int = 64 * 1024
+    #: Seconds a clean stop may take to flush what is committed before it cancels the rest.
+    shutdown_grace_s: float = 5.0
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+    def __post_init__(self) -> None:
+        check_name(self.server_id, "server id")
+
+    @property
+    def db_path(self) -> Path:
+        """The site database file."""
+        return self.site_dir / "site.db"

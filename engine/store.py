@@ -1,0 +1,510 @@
+"""The site database: the only record of truth. The only module of the manager that touches SQLite.
+
+SQLite in WAL mode with ``synchronous=FULL``. One connection writes (group commit: one transaction
+for every change that is ready in a loop tick, each fenced by the lease), another reads for the API, so
+a query never sees a transaction half done.
+"""
+
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from engine.errors import LeaseLostError, StoreError
+from engine.migrations import MIGRATIONS, SCHEMA_VERSION
+from engine.runs import Attempt, JobRun, Run
+
+logger = logging.getLogger(__name__)
+
+#: The lease row's name; one manager per site holds it.
+LEASE_NAME = "manager"
+#: File name of the site database inside the site directory.
+DB_FILE = "site.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who holds the site, at which epoch, until when (wall-clock seconds)."""
+
+    holder: str
+    host: str
+    pid: int
+    epoch: int
+    expires_at: float
+    acquired_at: float
+
+
+@dataclass(slots=True)
+class Changes:
+    """Everything one loop tick changed, written in one transaction."""
+
+    runs: dict[str, Run] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], tuple[Run, JobRun]] = field(default_factory=dict)
+    attempts: dict[str, tuple[Run, JobRun, Attempt]] = field(default_factory=dict)
+    outputs: list[tuple[str, bytes, bytes, int]] = field(default_factory=list)
+    jobnet_versions: list[tuple[str, int, str, str, str, float]] = field(default_factory=list)
+    destinations: list[tuple[str, str, float]] = field(default_factory=list)
+    agents: list[tuple[str, str, str, float, float, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.runs
+            or self.jobs
+            or self.attempts
+            or self.outputs
+            or self.jobnet_versions
+            or self.destinations
+            or self.agents
+        )
+
+    def run(self, run: Run) -> None:
+        """Mark a run's row to be written."""
+        self.runs[run.run_id] = run
+
+    def job(self, run: Run, job: JobRun) -> None:
+        """Mark a job's row (and its current attempt's row) to be written."""
+        self.jobs[(run.run_id, job.id)] = (run, job)
+        if job.current is not None:
+            self.attempts[job.current.attempt_id] = (run, job, job.current)
+
+
+_UPSERT_RUN = """
+INSERT INTO runs(run_id, jobnet, version, state, tenant, params, created_at, ended_at) VALUES (?,?,?,?,?,?,?,?)
+ON CONFLICT(run_id) DO UPDATE SET state=excluded.state, ended_at=excluded.ended_at"""
+_UPSERT_JOB = """
+INSERT INTO jobs(run_id, job_id, state, attempts, attempt_id, exit_code, started_at, ended_at, reason)
+VALUES (?,?,?,?,?,?,?,?,?)
+ON CONFLICT(run_id, job_id) DO UPDATE SET state=excluded.state, attempts=excluded.attempts,
+attempt_id=excluded.attempt_id, exit_code=excluded.exit_code, started_at=excluded.started_at,
+ended_at=excluded.ended_at, reason=excluded.reason"""
+_UPSERT_ATTEMPT = """
+INSERT INTO attempts(attempt_id, run_id, job_id, n, target, dispatched_at, accepted_at, started_at, finished_at,
+status, exit_code, host, pid, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT(attempt_id) DO UPDATE SET accepted_at=excluded.accepted_at, started_at=excluded.started_at,
+finished_at=excluded.finished_at, status=excluded.status, exit_code=excluded.exit_code, host=excluded.host,
+pid=excluded.pid, reason=excluded.reason"""
+
+
+class Store:
+    """The site database, open for one manager process."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._w = writer
+        self._r = reader
+
+    @classmethod
+    async def open(cls, path: Path) -> "Store":
+        """Open (creating and migrating if needed) the site database at ``path``.
+
+        Raises:
+            StoreError: the file is newer than this code, or not a site database.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await _configure(writer)
+            await _migrate(writer)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            await _configure(reader)
+            await reader.execute("PRAGMA query_only=ON")
+            reader.row_factory = sqlite3.Row
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        """Close both connections."""
+        await self._r.close()
+        await self._w.close()
+
+    # -- the lease -------------------------------------------------------------------------------
+
+    async def lease(self) -> Lease | None:
+        """The current lease, whoever holds it."""
+        async with self._r.execute(
+            "SELECT holder, host, pid, epoch, expires_at, acquired_at FROM lease WHERE name=?", (LEASE_NAME,)
+        ) as cur:
+            row = await cur.fetchone()
+        return Lease(*row) if row else None
+
+    async def try_acquire(self, holder: str, host: str, pid: int, now: float, lease_s: float) -> Lease | None:
+        """Take the lease if it is free or expired, bumping the epoch; None if someone else holds it."""
+        await self._w.execute("BEGIN IMMEDIATE")
+        try:
+            async with self._w.execute(
+                "SELECT holder, epoch, expires_at FROM lease WHERE name=?", (LEASE_NAME,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None and row[0] != holder and row[2] > now:
+                await self._w.execute("ROLLBACK")
+                return None
+            epoch = (row[1] if row else 0) + 1
+            await self._w.execute(
+                "INSERT OR REPLACE INTO lease(name, holder, host, pid, epoch, expires_at, acquired_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (LEASE_NAME, holder, host, pid, epoch, now + lease_s, now),
+            )
+            await self._w.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+        return Lease(holder, host, pid, epoch, now + lease_s, now)
+
+    async def renew(self, holder: str, epoch: int, expires_at: float) -> None:
+        """Extend the lease.
+
+        Raises:
+            LeaseLostError: this holder no longer holds it at this epoch.
+        """
+        await self._w.execute("BEGIN IMMEDIATE")
+        try:
+            await self._fence(holder, epoch, expires_at)
+            await self._w.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+
+    async def release(self, holder: str, epoch: int) -> None:
+        """Give the lease up at once (clean stop) so a standby need not wait for it to expire."""
+        await self._w.execute(
+            "UPDATE lease SET expires_at=0 WHERE name=? AND holder=? AND epoch=?", (LEASE_NAME, holder, epoch)
+        )
+
+    async def _fence(self, holder: str, epoch: int, expires_at: float) -> None:
+        cur = await self._w.execute(
+            "UPDATE lease SET expires_at=? WHERE name=? AND holder=? AND epoch=?",
+            (expires_at, LEASE_NAME, holder, epoch),
+        )
+        if cur.rowcount != 1:
+            raise LeaseLostError(holder, epoch)
+
+    async def _rollback(self) -> None:
+        try:
+            await self._w.execute("ROLLBACK")
+        except sqlite3.OperationalError:  # no transaction was open
+            pass
+
+    # -- group commit ----------------------------------------------------------------------------
+
+    async def commit(self, changes: Changes, holder: str, epoch: int, lease_until: float) -> None:
+        """Write every change in one transaction, fenced by (and renewing) the lease.
+
+        Raises:
+            LeaseLostError: the lease is no longer ours; nothing was written.
+        """
+        w = self._w
+        await w.execute("BEGIN IMMEDIATE")
+        try:
+            await self._fence(holder, epoch, lease_until)
+            if changes.jobnet_versions:
+                await w.executemany(
+                    "INSERT INTO jobnet_versions(name, version, body, digest, tenant, applied_at) VALUES (?,?,?,?,?,?)",
+                    changes.jobnet_versions,
+                )
+            if changes.destinations:
+                await w.executemany(
+                    "INSERT OR REPLACE INTO destinations(name, body, applied_at) VALUES (?,?,?)", changes.destinations
+                )
+            if changes.runs:
+                await w.executemany(_UPSERT_RUN, [_run_row(r) for r in changes.runs.values()])
+            if changes.jobs:
+                await w.executemany(_UPSERT_JOB, [_job_row(r, j) for r, j in changes.jobs.values()])
+            if changes.attempts:
+                await w.executemany(_UPSERT_ATTEMPT, [_attempt_row(r, j, a) for r, j, a in changes.attempts.values()])
+            if changes.outputs:
+                await w.executemany(
+                    "INSERT OR IGNORE INTO outputs(attempt_id, stdout, stderr, truncated_bytes) VALUES (?,?,?,?)",
+                    changes.outputs,
+                )
+            if changes.agents:
+                await w.executemany(
+                    "INSERT INTO agents(name, kind, inventory, registered_at, last_seen, state) VALUES (?,?,?,?,?,?)"
+                    " ON CONFLICT(name) DO UPDATE SET kind=excluded.kind, inventory=excluded.inventory,"
+                    " last_seen=excluded.last_seen",
+                    changes.agents,
+                )
+            await w.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+
+    # -- loading at takeover ---------------------------------------------------------------------
+
+    async def latest_definitions(self) -> tuple[dict[str, tuple[int, str, str]], dict[str, str]]:
+        """Latest version of every jobnet as ``name -> (version, body, digest)``, and every destination body."""
+        nets: dict[str, tuple[int, str, str]] = {}
+        async with self._w.execute(
+            "SELECT name, version, body, digest FROM jobnet_versions v WHERE version ="
+            " (SELECT MAX(version) FROM jobnet_versions WHERE name = v.name)"
+        ) as cur:
+            async for name, version, body, digest in cur:
+                nets[name] = (version, body, digest)
+        dests: dict[str, str] = {}
+        async with self._w.execute("SELECT name, body FROM destinations") as cur:
+            async for name, body in cur:
+                dests[name] = body
+        return nets, dests
+
+    async def jobnet_version_body(self, name: str, version: int) -> str | None:
+        """The body of one applied version of a jobnet."""
+        async with self._w.execute(
+            "SELECT body FROM jobnet_versions WHERE name=? AND version=?", (name, version)
+        ) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def last_run_id(self) -> int:
+        """The highest run number ever used."""
+        async with self._w.execute("SELECT COALESCE(MAX(run_id), 0) FROM runs") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def unfinished_runs(self) -> list[dict[str, Any]]:
+        """Every run still running, with its jobs and their current attempts, for recovery."""
+        runs: list[dict[str, Any]] = []
+        async with self._w.execute(
+            "SELECT run_id, jobnet, version, tenant, params, created_at FROM runs WHERE state='running'"
+        ) as cur:
+            async for run_id, jobnet, version, tenant, params, created_at in cur:
+                runs.append(
+                    {
+                        "run_id": str(run_id),
+                        "jobnet": jobnet,
+                        "version": version,
+                        "tenant": tenant,
+                        "params": orjson.loads(params),
+                        "created_at": created_at,
+                        "jobs": {},
+                    }
+                )
+        for run in runs:
+            async with self._w.execute(
+                "SELECT j.job_id, j.state, j.attempts, j.exit_code, j.started_at, j.ended_at, j.reason,"
+                " a.attempt_id, a.n, a.target, a.dispatched_at, a.accepted_at, a.started_at, a.host, a.pid"
+                " FROM jobs j LEFT JOIN attempts a ON a.attempt_id = j.attempt_id WHERE j.run_id=?",
+                (int(run["run_id"]),),
+            ) as cur:
+                async for row in cur:
+                    run["jobs"][row[0]] = row[1:]
+        return runs
+
+    # -- queries for the API (reader connection) -------------------------------------------------
+
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Run a read-only query on the reader connection."""
+        async with self._r.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+
+def _run_row(r: Run) -> tuple[Any, ...]:
+    return (
+        int(r.run_id),
+        r.jobnet.name,
+        r.version,
+        str(r.state),
+        r.tenant,
+        orjson.dumps(r.params).decode(),
+        r.created_at,
+        r.ended_at,
+    )
+
+
+def _job_row(r: Run, j: JobRun) -> tuple[Any, ...]:
+    aid = j.current.attempt_id if j.current else None
+    return (int(r.run_id), j.id, str(j.state), j.attempts, aid, j.exit_code, j.started_at, j.ended_at, j.reason)
+
+
+def _attempt_row(r: Run, j: JobRun, a: Attempt) -> tuple[Any, ...]:
+    return (
+        a.attempt_id,
+        int(r.run_id),
+        j.id,
+        a.n,
+        a.target,
+        a.dispatched_at,
+        a.accepted_at,
+        a.started_at,
+        a.finished_at,
+        a.status,
+        a.exit_code,
+        a.host,
+        a.pid,
+        a.reason,
+    )
+
+
+async def _configure(db: aiosqlite.Connection) -> None:
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=FULL")
+    await db.execute("PRAGMA busy_timeout=10000")
+    await db.execute("PRAGMA foreign_keys=ON")
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'") as cur:
+        has_meta = await cur.fetchone() is not None
+    version = 0
+    if has_meta:
+        async with db.execute("SELECT value FROM meta WHERE key='schema_version'") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"site database schema {version} is newer than this Ekiden ({SCHEMA_VERSION}); upgrade Ekiden")
+    for target in range(version, SCHEMA_VERSION):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    await db.execute(statement)
+            await db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(target + 1),))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        logger.info("site database migrated to schema %d", target + 1)
+
+
+class SiteQueries:
+    """Read-only questions the control API asks of the site database (reader connection)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def run_doc(self, run_id: str) -> dict[str, Any] | None:
+        """The status document of one run, jobs in definition order."""
+        if not run_id.isdigit():
+            return None
+        rows = await self._store.query(
+            "SELECT r.run_id, r.jobnet, r.version, r.state, r.tenant, r.params, r.created_at, r.ended_at, v.body"
+            " FROM runs r JOIN jobnet_versions v ON v.name = r.jobnet AND v.version = r.version WHERE r.run_id=?",
+            (int(run_id),),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        order = {j["id"]: i for i, j in enumerate(orjson.loads(r["body"])["job"])}
+        jobs = await self._store.query(
+            "SELECT j.job_id, j.state, j.attempts, j.exit_code, j.started_at, j.ended_at, j.reason, a.target, a.host,"
+            " a.attempt_id FROM jobs j LEFT JOIN attempts a ON a.attempt_id = j.attempt_id WHERE j.run_id=?",
+            (int(run_id),),
+        )
+        job_docs = [
+            {
+                "id": j["job_id"],
+                "state": j["state"],
+                "exit_code": j["exit_code"],
+                "attempts": j["attempts"],
+                "attempt_id": j["attempt_id"],
+                "target": j["target"],
+                "host": j["host"] or None,
+                "started_at": j["started_at"],
+                "ended_at": j["ended_at"],
+                "reason": j["reason"],
+            }
+            for j in jobs
+        ]
+        job_docs.sort(key=lambda d: order.get(d["id"], len(order)))
+        return {
+            "run": str(r["run_id"]),
+            "jobnet": r["jobnet"],
+            "version": r["version"],
+            "state": r["state"],
+            "tenant": r["tenant"],
+            "params": orjson.loads(r["params"]),
+            "created_at": r["created_at"],
+            "ended_at": r["ended_at"],
+            "jobs": job_docs,
+        }
+
+    async def runs(self, jobnet: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest runs, optionally of one jobnet, with job counts."""
+        where, params = ("WHERE r.jobnet=?", (jobnet, limit)) if jobnet else ("", (limit,))
+        rows = await self._store.query(
+            "SELECT r.run_id, r.jobnet, r.version, r.state, r.created_at, r.ended_at,"
+            " (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.run_id) AS total,"
+            " (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.run_id AND j.state='succeeded') AS succeeded"
+            f" FROM runs r {where} ORDER BY r.run_id DESC LIMIT ?",
+            params,
+        )
+        return [
+            {
+                "run": str(r["run_id"]),
+                "jobnet": r["jobnet"],
+                "version": r["version"],
+                "state": r["state"],
+                "created_at": r["created_at"],
+                "ended_at": r["ended_at"],
+                "jobs": r["total"],
+                "succeeded": r["succeeded"],
+            }
+            for r in rows
+        ]
+
+    async def jobnets(self) -> list[dict[str, Any]]:
+        """Every applied jobnet at its latest version."""
+        rows = await self._store.query(
+            "SELECT name, version, tenant, applied_at, body FROM jobnet_versions v"
+            " WHERE version = (SELECT MAX(version) FROM jobnet_versions WHERE name = v.name) ORDER BY name"
+        )
+        out = []
+        for r in rows:
+            body = orjson.loads(r["body"])
+            out.append(
+                {
+                    "name": r["name"],
+                    "version": r["version"],
+                    "tenant": r["tenant"],
+                    "applied_at": r["applied_at"],
+                    "jobs": len(body["job"]),
+                    "description": body.get("description", ""),
+                }
+            )
+        return out
+
+    async def agents(self) -> list[dict[str, Any]]:
+        """Every agent that registered, with its last inventory."""
+        rows = await self._store.query(
+            "SELECT name, kind, inventory, registered_at, last_seen, state FROM agents ORDER BY name"
+        )
+        return [
+            {
+                "name": r["name"],
+                "kind": r["kind"],
+                "state": r["state"],
+                "registered_at": r["registered_at"],
+                "last_seen": r["last_seen"],
+                "inventory": orjson.loads(r["inventory"]),
+            }
+            for r in rows
+        ]
+
+    async def output(self, run_id: str, job_id: str, n: int | None) -> dict[str, Any] | None:
+        """Output of one attempt of a job (the latest if ``n`` is None)."""
+        if not run_id.isdigit():
+            return None
+        rows = await self._store.query(
+            "SELECT a.attempt_id, a.n, a.status, a.exit_code, a.host, o.stdout, o.stderr, o.truncated_bytes"
+            " FROM attempts a LEFT JOIN outputs o ON o.attempt_id = a.attempt_id"
+            " WHERE a.run_id=? AND a.job_id=? AND (? IS NULL OR a.n=?) ORDER BY a.n DESC LIMIT 1",
+            (int(run_id), job_id, n, n),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return {
+            "attempt_id": r["attempt_id"],
+            "attempt": r["n"],
+            "status": r["status"],
+            "exit_code": r["exit_code"],
+            "host": r["host"],
+            "stdout": r["stdout"] or b"",
+            "stderr": r["stderr"] or b"",
+            "truncated_bytes": r["truncated_bytes"] or 0,
+            "finished": r["stdout"] is not None,
+        }

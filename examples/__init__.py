@@ -1,0 +1,1 @@
+"""Example jobnets and the Python callables their ``call`` jobs run."""
