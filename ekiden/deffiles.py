@@ -5,9 +5,7 @@ from pathlib import Path
 import orjson
 
 from schemas.definitions import DefinitionError, Definitions, FieldError, merge, parse_definitions, parse_toml
-
-#: The ``format`` field of an Ekiden JSON export document.
-EXPORT_FORMAT = "ekiden-definitions"
+from schemas.definitions_schema import parse_export
 
 
 def definition_files(paths: list[str]) -> list[Path]:
@@ -65,6 +63,6 @@ def load_file(path: Path) -> Definitions:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise DefinitionError([FieldError("$", f"not valid JSON: {exc}")]) from exc
-    if isinstance(data, dict) and data.get("format") == EXPORT_FORMAT:
-        data = data.get("definitions")
+    if isinstance(data, dict) and "format" in data:
+        return parse_export(data)
     return parse_definitions(data)

@@ -297,6 +297,7 @@ class Core:
             except ValueError as exc:
                 logger.warning("malformed finished event for %s refused: %s", aid, exc)
                 return None
+            attempt.reported_at = env.ts or now
             self._on_finished(run, job, attempt, fin, ch, out, now)
         elif env.kind == Kind.ACCEPTED and attempt.accepted_at is None:
             attempt.accepted_at = now

@@ -22,6 +22,8 @@ class Attempt:
     accepted_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    #: when the executor says the attempt ended (its clock); ``finished_at`` is when the manager took it
+    reported_at: float | None = None
     status: str = ""
     exit_code: int | None = None
     host: str = ""

@@ -83,9 +83,9 @@ attempt_id=excluded.attempt_id, exit_code=excluded.exit_code, started_at=exclude
 ended_at=excluded.ended_at, reason=excluded.reason"""
 _UPSERT_ATTEMPT = """
 INSERT INTO attempts(attempt_id, run_id, job_id, n, target, dispatched_at, accepted_at, started_at, finished_at,
-status, exit_code, host, pid, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+reported_at, status, exit_code, host, pid, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(attempt_id) DO UPDATE SET accepted_at=excluded.accepted_at, started_at=excluded.started_at,
-finished_at=excluded.finished_at, status=excluded.status, exit_code=excluded.exit_code, host=excluded.host,
+finished_at=excluded.finished_at, reported_at=excluded.reported_at, status=excluded.status, exit_code=excluded.exit_code, host=excluded.host,
 pid=excluded.pid, reason=excluded.reason"""
 
 
@@ -331,6 +331,7 @@ def _attempt_row(r: Run, j: JobRun, a: Attempt) -> tuple[Any, ...]:
         a.accepted_at,
         a.started_at,
         a.finished_at,
+        a.reported_at,
         a.status,
         a.exit_code,
         a.host,

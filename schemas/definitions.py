@@ -17,6 +17,9 @@ A definition that does not validate is refused whole: ``DefinitionError`` carrie
 each with a path such as ``jobnet.nightly.job[3].after`` (job indexes count from 0).
 """
 
+import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -50,6 +53,14 @@ DEFAULT_RELAY = "main"
 DEFAULT_TENANT = "default"
 #: Longest job timeout accepted, in seconds (30 days).
 MAX_TIMEOUT_S = 30 * 24 * 3600
+#: A call target: a dotted module path, a colon, and a function name ("package.module:function").
+CALL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+_CALL_RE = re.compile(CALL_PATTERN)
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+#: Smallest number accepted inside a call job's args (msgpack's smallest integer), unitless.
+ARGS_MIN_NUMBER = -(2**63)
+#: Largest number accepted inside a call job's args (msgpack's largest integer), unitless.
+ARGS_MAX_NUMBER = 2**64 - 1
 
 
 class RestartAttribute(StrEnum):
@@ -218,8 +229,8 @@ def parse_definitions(data: Any) -> Definitions:
     errors: list[FieldError] = []
     if not isinstance(data, dict):
         raise DefinitionError([FieldError("$", "definitions must be a map")])
-    for key in sorted(set(data) - _TOP_KEYS):
-        errors.append(FieldError(str(key), "unknown key (expected 'jobnet' or 'destination')"))
+    for key in sorted(set(data) - _TOP_KEYS, key=str):
+        errors.append(FieldError(_child("", key), "unknown key (expected 'jobnet' or 'destination')"))
     destinations = _parse_destinations(data.get("destination", {}), errors)
     jobnets: dict[str, Jobnet] = {}
     raw_nets = data.get("jobnet", {})
@@ -264,19 +275,19 @@ def _parse_destinations(raw: Any, errors: list[FieldError]) -> dict[str, Destina
         return {}
     out: dict[str, Destination] = {}
     for name, body in raw.items():
-        path = f"destination.{name}"
+        path = _child("destination", name)
         if not is_valid_name(name):
             errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
             continue
         if not isinstance(body, dict):
             errors.append(FieldError(path, "must be a table"))
             continue
-        _unknown_keys(body, _DEST_KEYS, path, errors)
+        body = _check_keys(body, _DEST_KEYS, path, errors)
         relay = body.get("relay", DEFAULT_RELAY)
         if not is_valid_name(relay):
             errors.append(FieldError(f"{path}.relay", "must be a valid relay name"))
         restart = body.get("restart", "RESTART")
-        if restart not in RestartAttribute._value2member_map_:
+        if not isinstance(restart, str) or restart not in RestartAttribute._value2member_map_:
             errors.append(FieldError(f"{path}.restart", "must be one of RESTART, PURGE, STOP"))
             restart = "RESTART"
         tenant = _tenant(body, path, errors)
@@ -294,14 +305,14 @@ def _tenant(body: dict[str, Any], path: str, errors: list[FieldError]) -> str:
 
 
 def _parse_jobnet(name: str, body: Any, errors: list[FieldError]) -> Jobnet | None:
-    path = f"jobnet.{name}"
+    path = _child("jobnet", name)
     if not is_valid_name(name):
         errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
         return None
     if not isinstance(body, dict):
         errors.append(FieldError(path, "must be a table"))
         return None
-    _unknown_keys(body, _JOBNET_KEYS, path, errors)
+    body = _check_keys(body, _JOBNET_KEYS, path, errors)
     raw_jobs = body.get("job")
     if not isinstance(raw_jobs, list) or not raw_jobs:
         errors.append(FieldError(f"{path}.job", "a jobnet needs at least one job ([[jobnet.NAME.job]])"))
@@ -337,25 +348,18 @@ def _parse_jobnet(name: str, body: Any, errors: list[FieldError]) -> Jobnet | No
     return Jobnet(name=name, jobs=tuple(jobs), description=desc, tenant=tenant)
 
 
-def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:  # noqa: C901 - one check per field
+def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:
     if not isinstance(raw, dict):
         errors.append(FieldError(path, "must be a table"))
         return None
     before = len(errors)
-    _unknown_keys(raw, _JOB_KEYS, path, errors)
+    raw = _check_keys(raw, _JOB_KEYS, path, errors)
     job_id = raw.get("id")
     if not isinstance(job_id, str) or not is_valid_name(job_id):
         errors.append(FieldError(f"{path}.id", "missing or invalid: use letters, digits, '_' and '-' (at most 64)"))
     argv, shell, call = _command(raw, path, errors)
-    args = raw.get("args", {})
-    if not isinstance(args, dict):
-        errors.append(FieldError(f"{path}.args", "must be a table"))
-    elif args and call is None:
-        errors.append(FieldError(f"{path}.args", "only a 'call' job takes args"))
-    env = raw.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        errors.append(FieldError(f"{path}.env", "must be a table of strings"))
-        env = {}
+    args = _args(raw, path, errors)
+    env = _env(raw, path, errors)
     cwd = _string(raw, "cwd", path, errors)
     timeout_s = raw.get("timeout_s")
     if timeout_s is not None and (
@@ -420,8 +424,8 @@ def _command(
     if call is not None:
         if shell:
             errors.append(FieldError(f"{path}.shell", "only a 'cmd' string runs in a shell"))
-        if not isinstance(call, str) or call.count(":") != 1 or not all(call.split(":")):
-            errors.append(FieldError(f"{path}.call", "must be 'package.module:function'"))
+        if not isinstance(call, str) or _CALL_RE.fullmatch(call) is None:
+            errors.append(FieldError(f"{path}.call", "must be 'package.module:function' (Python identifiers)"))
             return None, None, None
         return None, None, call
     if isinstance(cmd, str):
@@ -450,9 +454,80 @@ def _string(raw: dict[str, Any], key: str, path: str, errors: list[FieldError]) 
     return value
 
 
-def _unknown_keys(raw: dict[str, Any], allowed: frozenset[str], path: str, errors: list[FieldError]) -> None:
+def _child(path: str, key: object) -> str:
+    """The path of ``key`` under ``path``: ``path.key``, or ``path["key"]`` when the key is not plain.
+
+    Keys come from the input and may hold dots, spaces or newlines; quoting them keeps every path on one line
+    and unambiguous (``jobnet["a.b"]`` is one jobnet, not a key ``b`` inside jobnet ``a``).
+    """
+    text = str(key)
+    if _PLAIN_KEY_RE.fullmatch(text):
+        return f"{path}.{text}" if path else text
+    return f"{path}[{json.dumps(text, ensure_ascii=False)}]"
+
+
+def _check_keys(raw: dict[str, Any], allowed: frozenset[str], path: str, errors: list[FieldError]) -> dict[str, Any]:
+    """Report unknown keys and null values; return the table without its nulls.
+
+    TOML has no null, but a JSON import can hold one. It is refused rather than read as "absent", so that the
+    JSON Schema (which allows no nulls) and this validator accept exactly the same documents.
+    """
     for key in sorted(set(raw) - allowed, key=str):
-        errors.append(FieldError(f"{path}.{key}", "unknown key"))
+        errors.append(FieldError(_child(path, key), "unknown key"))
+    for key in sorted((k for k, v in raw.items() if v is None and k in allowed), key=str):
+        errors.append(FieldError(_child(path, key), "must not be null (leave the key out instead)"))
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def _args(raw: dict[str, Any], path: str, errors: list[FieldError]) -> dict[str, Any]:
+    """A call job's keyword arguments: a table of JSON data, each number within what msgpack can carry."""
+    args = raw.get("args", {})
+    if not isinstance(args, dict):
+        errors.append(FieldError(f"{path}.args", "must be a table"))
+        return {}
+    # Test the key, not the parsed target: a job whose call is invalid already has that error.
+    if args and "call" not in raw:
+        errors.append(FieldError(f"{path}.args", "only a 'call' job takes args"))
+        return {}
+    # Walk with a stack, not recursion, so a deeply nested document cannot exhaust the interpreter's stack;
+    # children go on reversed so that errors come out in document order.
+    stack: list[tuple[str, Any]] = [(f"{path}.args", args)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            if not all(isinstance(k, str) for k in value):
+                errors.append(FieldError(where, "table keys must be strings"))
+            else:
+                stack.extend(reversed([(_child(where, k), v) for k, v in value.items()]))
+        elif isinstance(value, list):
+            stack.extend(reversed([(f"{where}[{i}]", v) for i, v in enumerate(value)]))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            if not (math.isfinite(value) and ARGS_MIN_NUMBER <= value <= ARGS_MAX_NUMBER):
+                errors.append(
+                    FieldError(where, f"number must be finite and within [{ARGS_MIN_NUMBER}, {ARGS_MAX_NUMBER}]")
+                )
+        elif value is not None and not isinstance(value, str | bool):
+            # TOML dates and times land here: neither JSON export nor the msgpack wire can carry them.
+            errors.append(FieldError(where, "must be JSON data (string, number, boolean, array, table); use a string"))
+    return args
+
+
+def _env(raw: dict[str, Any], path: str, errors: list[FieldError]) -> dict[str, str]:
+    """A job's environment: string names without '=' or NUL, string values without NUL (what exec accepts)."""
+    env = raw.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        errors.append(FieldError(f"{path}.env", "must be a table of strings"))
+        return {}
+    bad = sorted(k for k, v in env.items() if not k or "=" in k or "\0" in k or "\0" in v)
+    if bad:
+        errors.append(
+            FieldError(
+                f"{path}.env",
+                f"invalid variables {bad!r}: names must be non-empty without '=' or NUL, values without NUL",
+            )
+        )
+        return {}
+    return env
 
 
 def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str]:

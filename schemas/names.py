@@ -9,7 +9,8 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 def is_valid_name(name: object) -> bool:
     """Tell whether ``name`` may be used as a server ID, jobnet, job, agent, relay or destination name."""
-    return isinstance(name, str) and _NAME_RE.match(name) is not None
+    # fullmatch, not match: with match, the pattern's "$" also accepts one trailing newline ("a\n").
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
 
 
 def check_name(name: str, what: str) -> str:
