@@ -52,6 +52,11 @@ def run_updates(sid: str, run_id: str) -> str:
     return f"{ROOT}.{check_name(sid, 'server id')}.run.{check_name(run_id, 'run id')}"
 
 
+def all_run_updates(sid: str) -> str:
+    """Live state changes of every run of ``sid``."""
+    return f"{ROOT}.{check_name(sid, 'server id')}.run.*"
+
+
 def agent_run(name: str) -> str:
     """Dispatch subject of one standard agent; the reply acks acceptance."""
     return f"{ROOT}.agent.{check_name(name, 'agent')}.run"
