@@ -123,6 +123,8 @@ class Core:
         self.queue = queue
         self.runs: dict[str, Run] = {}
         self._attempts: dict[str, tuple[Run, JobRun]] = {}
+        #: dispatched attempts that no relay or agent has confirmed yet: the watchdog sends them again
+        self._unconfirmed: dict[str, tuple[Run, JobRun]] = {}
         self._ready: list[tuple[Run, JobRun]] = []
         self.jobnets: dict[str, tuple[int, Jobnet, str]] = {}
         self.destinations: dict[str, Destination] = {}
@@ -150,7 +152,7 @@ class Core:
             run = await self._restore_run(raw, mono)
             if run is not None:
                 self.runs[run.run_id] = run
-        resend = sum(1 for _, j in self._attempts.values() if j.state == JobState.DISPATCHED)
+        resend = len(self._unconfirmed)
         logger.info(
             "recovered %d unfinished runs, %d attempts in flight (%d to confirm)",
             len(self.runs),
@@ -179,6 +181,7 @@ class Core:
                 job.current.seen_at = mono
                 if job.state in ACTIVE_JOB_STATES:
                     self._attempts[aid] = (run, job)
+        run.recount()
         for job in run.jobs.values():
             job.pending = sum(1 for d in job.job.after if run.jobs[d].state != JobState.SUCCEEDED)
             if job.state == JobState.READY:
@@ -187,6 +190,7 @@ class Core:
         for job in run.jobs.values():
             if job.state == JobState.DISPATCHED and job.current is not None and job.current.accepted_at is None:
                 job.current.seen_at = 0.0
+                self._unconfirmed[job.current.attempt_id] = (run, job)
         return run
 
     # -- the loop --------------------------------------------------------------------------------
@@ -300,7 +304,7 @@ class Core:
             attempt.reported_at = env.ts or now
             self._on_finished(run, job, attempt, fin, ch, out, now)
         elif env.kind == Kind.ACCEPTED and attempt.accepted_at is None:
-            attempt.accepted_at = now
+            self._confirm(attempt, now)
             ch.job(run, job)
         elif env.kind == Kind.REFUSED:
             self._on_refused(
@@ -314,8 +318,7 @@ class Core:
         host, pid = env.payload.get("host"), env.payload.get("pid")
         attempt.host = host if isinstance(host, str) else ""
         attempt.pid = pid if isinstance(pid, int) else None
-        if attempt.accepted_at is None:
-            attempt.accepted_at = now
+        self._confirm(attempt, now)
         if job.state == JobState.DISPATCHED:
             job.state = JobState.RUNNING
             job.started_at = attempt.started_at = env.ts or now
@@ -351,12 +354,13 @@ class Core:
         out: Outbound,
         now: float,
     ) -> None:
-        job.state = state
+        run.set_state(job, state)
         job.exit_code = exit_code
         job.ended_at = now
         job.reason = reason
         if job.current is not None:
             self._attempts.pop(job.current.attempt_id, None)
+            self._unconfirmed.pop(job.current.attempt_id, None)
         self._changed(run, job, ch, out)
         if state == JobState.SUCCEEDED:
             for ready in run.release_dependants(job.id):
@@ -400,7 +404,7 @@ class Core:
                 continue
             run, job = found
             if job.current is not None and job.current.accepted_at is None:
-                job.current.accepted_at = now
+                self._confirm(job.current, now)
                 job.current.seen_at = mono
                 job.reason = ""
                 ch.job(run, job)
@@ -433,6 +437,7 @@ class Core:
             job.state = JobState.DISPATCHED
             job.started_at = job.ended_at = job.exit_code = None
             self._attempts[aid] = (run, job)
+            self._unconfirmed[aid] = (run, job)
             self._changed(run, job, ch, out)
             out.dispatches.append(self._dispatch_envelope(run, job, now))
 
@@ -474,16 +479,16 @@ class Core:
         )
         return subject, env
 
+    def _confirm(self, attempt: Attempt, now: float) -> None:
+        if attempt.accepted_at is None:
+            attempt.accepted_at = now
+        self._unconfirmed.pop(attempt.attempt_id, None)
+
     def _watchdog(self, out: Outbound, mono: float) -> None:
         timeout_s = self._settings.dispatch_timeout_s
-        for run, job in self._attempts.values():
+        for run, job in self._unconfirmed.values():
             attempt = job.current
-            if (
-                job.state == JobState.DISPATCHED
-                and attempt is not None
-                and attempt.accepted_at is None
-                and mono - attempt.seen_at > timeout_s
-            ):
+            if attempt is not None and mono - attempt.seen_at > timeout_s:
                 attempt.seen_at = mono
                 out.dispatches.append(self._dispatch_envelope(run, job, time.time()))
 

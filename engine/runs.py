@@ -69,6 +69,8 @@ class Run:
     ended_at: float | None = None
     tenant: str = ""
     params: dict[str, str] = field(default_factory=dict)
+    #: jobs not yet in a final state; the run is settled when none is left
+    remaining: int = 0
 
     @classmethod
     def new(cls, run_id: str, jobnet: Jobnet, version: int, now: float, params: dict[str, str]) -> "Run":
@@ -87,6 +89,7 @@ class Run:
             dependants=dependants_of(jobnet),
             tenant=jobnet.tenant,
             params=params,
+            remaining=len(jobs),
         )
 
     def ready(self) -> list[JobRun]:
@@ -94,8 +97,22 @@ class Run:
         return [j for j in self.jobs.values() if j.state == JobState.READY]
 
     def is_settled(self) -> bool:
-        """No job is active or ready: the run can end."""
-        return not any(j.state in ACTIVE_JOB_STATES or j.state == JobState.READY for j in self.jobs.values())
+        """Every job reached a final state: the run can end.
+
+        A job left waiting always has an upstream job that is not final, since a job that did not succeed
+        skips everything after it; so "no job active or ready" and "every job final" are the same.
+        """
+        return self.remaining == 0
+
+    def set_state(self, job: JobRun, state: JobState) -> None:
+        """Move a job to ``state``, keeping count of the jobs not yet final."""
+        was_final = job.state in FINAL_JOB_STATES
+        job.state = state
+        self.remaining += int(was_final) - int(state in FINAL_JOB_STATES)
+
+    def recount(self) -> None:
+        """Count the jobs not yet final again (after loading a run from the database)."""
+        self.remaining = sum(1 for j in self.jobs.values() if j.state not in FINAL_JOB_STATES)
 
     def final_state(self) -> RunState:
         """The state the run ends in once settled."""
@@ -122,7 +139,7 @@ class Run:
             dep = self.jobs[stack.pop()]
             if dep.state in FINAL_JOB_STATES or dep.state in ACTIVE_JOB_STATES:
                 continue
-            dep.state = JobState.SKIPPED
+            self.set_state(dep, JobState.SKIPPED)
             dep.reason = f"not run: {job_id} did not succeed"
             skipped.append(dep)
             stack.extend(self.dependants.get(dep.id, ()))

@@ -85,8 +85,8 @@ _UPSERT_ATTEMPT = """
 INSERT INTO attempts(attempt_id, run_id, job_id, n, target, dispatched_at, accepted_at, started_at, finished_at,
 reported_at, status, exit_code, host, pid, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(attempt_id) DO UPDATE SET accepted_at=excluded.accepted_at, started_at=excluded.started_at,
-finished_at=excluded.finished_at, reported_at=excluded.reported_at, status=excluded.status, exit_code=excluded.exit_code, host=excluded.host,
-pid=excluded.pid, reason=excluded.reason"""
+finished_at=excluded.finished_at, reported_at=excluded.reported_at, status=excluded.status,
+exit_code=excluded.exit_code, host=excluded.host, pid=excluded.pid, reason=excluded.reason"""
 
 
 class Store:
