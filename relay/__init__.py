@@ -1,0 +1,1 @@
+"""The relay: takes flexible jobs from managers, forwards them to destinations, carries events back."""

@@ -6,8 +6,6 @@ from schemas.names import check_name
 ROOT = "ekiden"
 #: Standard agents and destination workers announce themselves here.
 REGISTER = f"{ROOT}.reg"
-#: Every manager's hello, for agents and relays that serve any server ID.
-ALL_HELLO = f"{ROOT}.*.hello"
 #: Every standard agent's heartbeat, for managers.
 ALL_AGENT_HEARTBEATS = f"{ROOT}.agent.*.hb"
 #: Queue group shared by the managers of one server ID (only the active one subscribes).
@@ -41,10 +39,6 @@ def hello(sid: str) -> str:
 def hello_all() -> str:
     """Wildcard that agents and relays subscribe to: a manager of any server ID became active."""
     return f"{ROOT}.*.hello"
-
-
-#: Every server ID's hello subject: agents and relays resend to whichever manager becomes active.
-HELLO_ALL = f"{ROOT}.*.hello"
 
 
 def run_updates(sid: str, run_id: str) -> str:

@@ -1,0 +1,161 @@
+"""The relay process: wires intake, forwarder, event outbox and the two NATS sides, and stops them in order.
+
+Upstream (``--nats``, the managers' NATS): dispatch intake on ``subjects.relay_run(name)``, managers'
+hellos, and the outbox that sends events to ``subjects.events(sid)``. Downstream (``--downstream``, the
+destinations' NATS, or the same connection): JetStream for the forwarder and the workers' events on
+``subjects.relay_events(name)``. The downstream side connects in its own task, so the relay takes and
+holds dispatches even while the destinations' NATS is unreachable.
+
+On stop: stop intake (drain the subscriptions, answering what was already received), forward what is
+held within ``shutdown_grace_s``, give the outbox ``outbox_grace_s`` to be acked, stop the rest, close the
+database, drain NATS. Whatever is left stays in SQLite and goes on when the relay restarts.
+"""
+
+import asyncio
+import contextlib
+import logging
+
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
+from relay.events import EventIntake, route, serve_hello
+from relay.forwarding import MAX_INFLIGHT_PUBLISHES, Forwarder
+from relay.intake import DispatchIntake
+from relay.requests import serve_requests
+from relay.settings import RelaySettings
+from relay.store import RelayStore
+from runtime.bus import connection, subscribe
+from runtime.outbox import EventOutbox
+from schemas import subjects
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to drain an intake subscription (answer what it already received) on stop.
+INTAKE_DRAIN_TIMEOUT_S = 5.0
+#: Seconds the forwarder gets to finish its current window on stop.
+FORWARDER_STOP_TIMEOUT_S = 6.0
+#: Most seconds between prunes of forwarded dispatches.
+PRUNE_INTERVAL_MAX_S = 60.0
+
+
+async def serve(settings: RelaySettings, stop: asyncio.Event) -> None:
+    """Run the relay until ``stop`` is set, then shut down in order (see the module docstring).
+
+    Raises:
+        StoreError: the database cannot be opened or written (the process ends non-zero).
+    """
+    store = await RelayStore.open(settings.db_path)
+    try:
+        async with connection(settings.upstream_bus()) as upstream:
+            await Relay(settings, store, upstream).run(stop)
+            await store.close()  # before the upstream drain: nothing writes any more
+    finally:
+        await store.close()
+
+
+class Relay:
+    """One relay process's components, sharing one store and one upstream connection."""
+
+    def __init__(self, settings: RelaySettings, store: RelayStore, upstream: Client) -> None:
+        self._settings = settings
+        self._name = settings.name
+        self._store = store
+        self._upstream = upstream
+        self._forwarder = Forwarder(store)
+        self._outbox = EventOutbox(upstream, route, persistence=store, resend_after_s=settings.resend_after_s)
+        self._dispatches = DispatchIntake(settings.name, store, self._forwarder, settings.max_backlog)
+        self._events = EventIntake(self._outbox)
+        self._intake_stopped = asyncio.Event()
+        self._downstream_stop = asyncio.Event()
+        self._downstream_connected = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; return once stopped in order."""
+        held = await self._store.held()
+        self._forwarder.hold(held)
+        events = await self._store.events()
+        self._outbox.restore(events)
+        logger.info("relay %s: %d dispatches held, %d events unacked at start", self._name, len(held), len(events))
+        async with asyncio.TaskGroup() as tg:
+            background = [tg.create_task(self._outbox.run()), tg.create_task(self._prune())]
+            hello_sub = await subscribe(self._upstream, subjects.hello_all())
+            background.append(tg.create_task(serve_hello(hello_sub, self._outbox)))
+            run_sub = await subscribe(self._upstream, subjects.relay_run(self._name), subjects.RELAY_QUEUE)
+            intake = tg.create_task(serve_requests(run_sub, self._dispatches.handle))
+            downstream = tg.create_task(self._downstream())
+            logger.info("relay %s: taking dispatches on %s", self._name, run_sub.subject)
+
+            await stop.wait()
+            await _stop_intake(run_sub, intake)
+            self._intake_stopped.set()  # the downstream task stops taking workers' events
+            await self._finish()
+            self._forwarder.stop()
+            self._downstream_stop.set()
+            if not self._downstream_connected:
+                downstream.cancel()  # still trying to connect: nothing there to finish
+            for task in background:
+                task.cancel()
+
+    async def _downstream(self) -> None:
+        """Connect to the destinations' NATS, then forward and take workers' events until told to stop."""
+        bus = self._settings.downstream_bus()
+        conn: contextlib.AbstractAsyncContextManager[Client] = (
+            contextlib.nullcontext(self._upstream) if bus is None else connection(bus)
+        )
+        async with conn as nc:
+            self._downstream_connected = True
+            js = nc.jetstream(publish_async_max_pending=MAX_INFLIGHT_PUBLISHES)
+            async with asyncio.TaskGroup() as tg:
+                forwarder = tg.create_task(self._forwarder.run(js))
+                if not self._intake_stopped.is_set():
+                    evt_sub = await subscribe(nc, subjects.relay_events(self._name), subjects.RELAY_QUEUE)
+                    intake = tg.create_task(serve_requests(evt_sub, self._events.handle))
+                    logger.info("relay %s: downstream ready, taking events on %s", self._name, evt_sub.subject)
+                    await self._intake_stopped.wait()
+                    await _stop_intake(evt_sub, intake)
+                await self._downstream_stop.wait()
+                try:
+                    # stop() lets it finish its window; one stuck on an unresponsive JetStream is cancelled.
+                    async with asyncio.timeout(FORWARDER_STOP_TIMEOUT_S):
+                        await forwarder
+                except TimeoutError:
+                    logger.warning("relay %s: forwarder cancelled on stop", self._name)
+
+    async def _finish(self) -> None:
+        """Forward what is held and let the manager ack the events, each within its grace."""
+        held = len(self._forwarder)
+        if held and self._downstream_connected:  # with no connection yet, nothing could go out
+            logger.info("relay %s: forwarding %d held dispatches before stopping", self._name, held)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.shutdown_grace_s):
+                    await self._forwarder.wait_idle()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settings.outbox_grace_s):
+                await self._outbox.wait_empty()
+        if len(self._forwarder) or len(self._outbox):
+            logger.warning(
+                "relay %s: stopping with %d dispatches held and %d events unacked; they go on after a restart",
+                self._name,
+                len(self._forwarder),
+                len(self._outbox),
+            )
+
+    async def _prune(self) -> None:
+        """Forget forwarded dispatches older than the retention, so the dedupe memory stays bounded."""
+        interval_s = min(self._settings.retention_s / 4, PRUNE_INTERVAL_MAX_S)
+        while True:
+            pruned = await self._store.prune_forwarded(self._settings.retention_s)
+            if pruned:
+                logger.debug("relay %s: pruned %d forwarded dispatches", self._name, pruned)
+            await asyncio.sleep(interval_s)
+
+
+async def _stop_intake(sub: Subscription, task: asyncio.Task[None]) -> None:
+    """Stop taking new requests on ``sub``, answer those already received, and wait for its consumer."""
+    try:
+        async with asyncio.timeout(INTAKE_DRAIN_TIMEOUT_S):
+            await sub.drain()
+            await task
+    except Exception as exc:  # NATS down or the drain too slow: what was not answered is retried by its sender
+        logger.warning("intake %s did not drain (%s: %s)", sub.subject, type(exc).__name__, exc)
+        task.cancel()
