@@ -1,0 +1,176 @@
+"""Reporting attempts through an outbox (started, heartbeat, finished) and obeying kill requests.
+
+Shared by the standard agent and the destination worker; only where the events go differs.
+"""
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+from agents.attempts import Attempt
+from agents.executor import Executor
+from runtime.bus import reply, subscribe
+from runtime.outbox import EventOutbox, eid_of
+from schemas import subjects
+from schemas.codec import decode, encode_one, error_reply
+from schemas.errors import ErrorCode, WireError
+from schemas.messages import Envelope, Finished, Kind, event_for
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a heartbeat hook (JetStream in-progress) may take.
+HOOK_TIMEOUT_S = 5.0
+
+Handler = Callable[[Msg], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+
+
+async def consume(sub: Subscription, handle: Handler) -> None:
+    """Feed each message of ``sub`` to ``handle`` until the subscription ends; a failing message is only logged."""
+    async for msg in sub.messages:
+        try:
+            await handle(msg)
+        except Exception:  # the per-message boundary: bad input or a bug must not end the intake
+            logger.exception("handling a message on %s failed", msg.subject)
+            try:
+                await reply(msg, error_reply(WireError(ErrorCode.INTERNAL, "internal error", retryable=True)))
+            except NatsError:
+                pass
+
+
+async def stop_consuming(sub: Subscription, consumer: "asyncio.Task[None]") -> None:
+    """Unsubscribe, which ends ``consume`` on ``sub`` after the message in hand; cancel it if that fails."""
+    try:
+        await sub.unsubscribe()
+    except NatsError as exc:  # closed or draining: the iterator was not told, so stop it here
+        logger.debug("unsubscribe %s: %s", sub.subject, exc)
+        consumer.cancel()
+
+
+def hello_handler(outbox: EventOutbox, on_hello: Hook | None = None) -> Handler:
+    """A handler for ``subjects.hello_all()``: a manager became active, so send every unacked event again."""
+
+    async def handle(msg: Msg) -> None:
+        try:
+            envs = decode(msg.data)
+        except WireError as exc:
+            logger.warning("bad hello on %s: %s", msg.subject, exc)
+            await reply(msg, error_reply(exc, ts=time.time()))
+            return
+        if any(env.kind == Kind.HELLO for env in envs):
+            logger.info("hello on %s: resending %d unacked event(s)", msg.subject, len(outbox))
+            outbox.resend_all()
+            if on_hello is not None:
+                await on_hello()
+
+    return handle
+
+
+async def wait_outbox(outbox: EventOutbox, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for every event to be acked; tell whether they were."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await outbox.wait_empty()
+    except TimeoutError:
+        logger.warning("%d event(s) still not acked after %g s", len(outbox), timeout_s)
+        return False
+    return True
+
+
+class Reporter:
+    """Runs attempts with the executor while reporting them and listening for kill requests."""
+
+    def __init__(self, nc: Client, outbox: EventOutbox, executor: Executor, worker: str, heartbeat_s: float) -> None:
+        """Wire a reporter.
+
+        Args:
+            nc: the NATS connection (control subjects).
+            outbox: where events go.
+            executor: what runs the jobs.
+            worker: this process's name, put in started events.
+            heartbeat_s: seconds between heartbeats of a running attempt.
+        """
+        self._nc = nc
+        self._outbox = outbox
+        self._executor = executor
+        self._worker = worker
+        self._heartbeat_s = heartbeat_s
+
+    @property
+    def host(self) -> str:
+        """The host name results carry."""
+        return self._executor.host
+
+    async def run(self, attempt: Attempt, on_heartbeat: Hook | None = None) -> Finished:
+        """Run an attempt, sending STARTED and HEARTBEAT events; sending FINISHED is the caller's decision.
+
+        Args:
+            attempt: what to run; its ``kill`` is set by a kill request on its control subject.
+            on_heartbeat: awaited with each heartbeat (a worker extends its JetStream ack deadline).
+        """
+        started = asyncio.Event()
+
+        async def on_started(pid: int) -> None:
+            payload = {"host": self.host, "pid": pid, "worker": self._worker}
+            await self._outbox.put([event_for(attempt.dispatch, Kind.STARTED, payload, time.time())])
+            started.set()
+
+        control = await subscribe(self._nc, subjects.control(attempt.attempt_id))
+        async with asyncio.TaskGroup() as tg:
+            controlling = tg.create_task(consume(control, functools.partial(self._on_control, attempt)))
+            beats = tg.create_task(self._heartbeats(attempt, started, on_heartbeat))
+            try:
+                return await self._executor.run(attempt.spec, attempt.kill, on_started)
+            finally:
+                beats.cancel()
+                await stop_consuming(control, controlling)
+
+    async def finish(self, attempt: Attempt, finished: Finished) -> str:
+        """Send an attempt's FINISHED event; return the event ID its ack will name."""
+        env = event_for(attempt.dispatch, Kind.FINISHED, finished.to_wire(), time.time())
+        await self._outbox.put([env])
+        return eid_of(env)
+
+    async def _heartbeats(self, attempt: Attempt, started: asyncio.Event, hook: Hook | None) -> None:
+        await started.wait()
+        seq = 0
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            seq += 1
+            await self._outbox.put([event_for(attempt.dispatch, Kind.HEARTBEAT, {}, time.time(), seq)])
+            if hook is None:
+                continue
+            try:
+                async with asyncio.timeout(HOOK_TIMEOUT_S):
+                    await hook()
+            except (NatsError, TimeoutError, OSError) as exc:  # the next beat tries again
+                logger.warning("attempt %s: heartbeat hook failed: %s", attempt.attempt_id, exc)
+
+    async def _on_control(self, attempt: Attempt, msg: Msg) -> None:
+        try:
+            envs = decode(msg.data)
+        except WireError as exc:
+            logger.warning("bad control message for %s: %s", attempt.attempt_id, exc)
+            await reply(msg, error_reply(exc, ts=time.time()))
+            return
+        actions = {env.payload.get("action") for env in envs if env.kind == Kind.CONTROL}
+        if "kill" not in actions:
+            error = WireError(ErrorCode.INVALID, f"no known control action in {sorted(map(str, actions))}")
+            await reply(msg, error_reply(error, ts=time.time()))
+            return
+        logger.info("attempt %s: kill requested", attempt.attempt_id)
+        attempt.kill.set()
+        ack = Envelope(
+            kind=Kind.ACK,
+            sid=attempt.dispatch.sid,
+            payload={"attempt_id": attempt.attempt_id, "action": "kill"},
+            ts=time.time(),
+        )
+        await reply(msg, encode_one(ack))
