@@ -129,7 +129,7 @@ class Core:
         self.jobnets: dict[str, tuple[int, Jobnet, str]] = {}
         self.destinations: dict[str, Destination] = {}
         self._last_run_id = 0
-        self._last_commit = 0.0
+        self._last_renewal = time.time()
         self.maintenance = False
 
     @property
@@ -216,18 +216,18 @@ class Core:
         for item in items:
             self._apply(item, changes, out, now, mono)
         self._dispatch_ready(changes, out, now, mono)
-        renew_due = now - self._last_commit > self._settings.lease_s / 3
+        renew_due = now - self._last_renewal > self._settings.lease_s / 3
         if changes or renew_due:
             try:
-                await self._store.commit(
-                    changes, self._lease.holder, self._lease.epoch, time.time() + self._settings.lease_s
-                )
+                renew_until = time.time() + self._settings.lease_s if renew_due else None
+                await self._store.commit(changes, self._lease.holder, self._lease.epoch, renew_until)
             except BaseException:
                 for fut, _ in out.results:
                     if not fut.done():
                         fut.set_exception(WireError(ErrorCode.UNAVAILABLE, "manager stopped before committing", True))
                 raise
-            self._last_commit = now
+            if renew_due:
+                self._last_renewal = now
         await self._send(out)
 
     def _apply(self, item: Item, ch: Changes, out: Outbound, now: float, mono: float) -> None:
@@ -340,7 +340,7 @@ class Core:
         if attempt.started_at is None:
             attempt.started_at = max(now - fin.duration_s, attempt.dispatched_at)
             job.started_at = attempt.started_at
-        ch.outputs.append((attempt.attempt_id, fin.stdout, fin.stderr, fin.truncated_bytes))
+        attempt.output = (fin.stdout, fin.stderr, fin.truncated_bytes)
         self._end_job(run, job, state, fin.exit_code, fin.reason, ch, out, now)
 
     def _end_job(
@@ -404,10 +404,13 @@ class Core:
                 continue
             run, job = found
             if job.current is not None and job.current.accepted_at is None:
+                # Kept in memory and written with the job's next change: a confirmation lost in a
+                # failover only costs a harmless resend under the same attempt ID.
                 self._confirm(job.current, now)
                 job.current.seen_at = mono
-                job.reason = ""
-                ch.job(run, job)
+                if job.reason:
+                    job.reason = ""
+                    ch.job(run, job)
         for aid, code, reason in item.refused:
             found = self._attempts.get(aid)
             if found is not None:

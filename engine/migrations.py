@@ -24,11 +24,8 @@ MIGRATIONS: tuple[str, ...] = (
         attempt_id TEXT PRIMARY KEY, run_id INTEGER NOT NULL, job_id TEXT NOT NULL, n INTEGER NOT NULL,
         target TEXT NOT NULL, dispatched_at REAL NOT NULL, accepted_at REAL, started_at REAL, finished_at REAL,
         reported_at REAL, status TEXT NOT NULL, exit_code INTEGER, host TEXT NOT NULL, pid INTEGER,
-        reason TEXT NOT NULL) WITHOUT ROWID;
+        reason TEXT NOT NULL, stdout BLOB, stderr BLOB, truncated_bytes INTEGER);
     CREATE INDEX attempts_by_job ON attempts(run_id, job_id, n);
-    CREATE TABLE outputs(
-        attempt_id TEXT PRIMARY KEY, stdout BLOB NOT NULL, stderr BLOB NOT NULL,
-        truncated_bytes INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE agents(
         name TEXT PRIMARY KEY, kind TEXT NOT NULL, inventory TEXT NOT NULL, registered_at REAL NOT NULL,
         last_seen REAL NOT NULL, state TEXT NOT NULL) WITHOUT ROWID;

@@ -31,6 +31,8 @@ class Attempt:
     reason: str = ""
     #: monotonic time of the last sign of life (dispatch, start, heartbeat); memory only
     seen_at: float = 0.0
+    #: (stdout, stderr, bytes cut) of a finished attempt until it is written; memory is freed after commit
+    output: tuple[bytes, bytes, int] | None = None
 
 
 @dataclass(slots=True)

@@ -114,6 +114,7 @@ async def _serve_active(store: Store, nc: Client, settings: ManagerSettings, lea
     queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=QUEUE_LIMIT)
     dispatcher = Dispatcher(nc, queue, settings.dispatch_request_timeout_s)
     core = Core(store, settings, lease, _NatsSender(nc, settings, dispatcher), queue)
+    await store.arm_fence(lease.epoch)
     await core.recover()
     api = Api(core, SiteQueries(store), settings, lease)
     intake = [

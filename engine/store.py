@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 #: The lease row's name; one manager per site holds it.
 LEASE_NAME = "manager"
-#: File name of the site database inside the site directory.
-DB_FILE = "site.db"
+#: Tables whose every write is fenced by the lease (see ``Store.arm_fence``).
+FENCED_TABLES = ("jobnet_versions", "destinations", "runs", "jobs", "attempts", "agents")
+_FENCE_MESSAGE = "ekiden fence: this manager no longer holds the lease"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,21 +46,12 @@ class Changes:
     runs: dict[str, Run] = field(default_factory=dict)
     jobs: dict[tuple[str, str], tuple[Run, JobRun]] = field(default_factory=dict)
     attempts: dict[str, tuple[Run, JobRun, Attempt]] = field(default_factory=dict)
-    outputs: list[tuple[str, bytes, bytes, int]] = field(default_factory=list)
     jobnet_versions: list[tuple[str, int, str, str, str, float]] = field(default_factory=list)
     destinations: list[tuple[str, str, float]] = field(default_factory=list)
     agents: list[tuple[str, str, str, float, float, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(
-            self.runs
-            or self.jobs
-            or self.attempts
-            or self.outputs
-            or self.jobnet_versions
-            or self.destinations
-            or self.agents
-        )
+        return bool(self.runs or self.jobs or self.attempts or self.jobnet_versions or self.destinations or self.agents)
 
     def run(self, run: Run) -> None:
         """Mark a run's row to be written."""
@@ -83,10 +75,13 @@ attempt_id=excluded.attempt_id, exit_code=excluded.exit_code, started_at=exclude
 ended_at=excluded.ended_at, reason=excluded.reason"""
 _UPSERT_ATTEMPT = """
 INSERT INTO attempts(attempt_id, run_id, job_id, n, target, dispatched_at, accepted_at, started_at, finished_at,
-reported_at, status, exit_code, host, pid, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+reported_at, status, exit_code, host, pid, reason, stdout, stderr, truncated_bytes)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(attempt_id) DO UPDATE SET accepted_at=excluded.accepted_at, started_at=excluded.started_at,
 finished_at=excluded.finished_at, reported_at=excluded.reported_at, status=excluded.status,
-exit_code=excluded.exit_code, host=excluded.host, pid=excluded.pid, reason=excluded.reason"""
+exit_code=excluded.exit_code, host=excluded.host, pid=excluded.pid, reason=excluded.reason,
+stdout=COALESCE(excluded.stdout, stdout), stderr=COALESCE(excluded.stderr, stderr),
+truncated_bytes=COALESCE(excluded.truncated_bytes, truncated_bytes)"""
 
 
 class Store:
@@ -192,16 +187,37 @@ class Store:
 
     # -- group commit ----------------------------------------------------------------------------
 
-    async def commit(self, changes: Changes, holder: str, epoch: int, lease_until: float) -> None:
-        """Write every change in one transaction, fenced by (and renewing) the lease.
+    async def arm_fence(self, epoch: int) -> None:
+        """Fence every later write of this connection by the lease at ``epoch``.
+
+        Temporary triggers (this connection's only) make any insert, update or delete on the site's
+        tables abort unless the lease row still carries ``epoch``, so the check costs no extra round trip
+        per commit and no write can slip past it.
+        """
+        w = self._w
+        await w.execute("CREATE TEMP TABLE IF NOT EXISTS fence(epoch INTEGER NOT NULL)")
+        await w.execute("DELETE FROM temp.fence")
+        await w.execute("INSERT INTO temp.fence(epoch) VALUES (?)", (epoch,))
+        for table in FENCED_TABLES:
+            for op in ("INSERT", "UPDATE", "DELETE"):
+                await w.execute(
+                    f"CREATE TEMP TRIGGER IF NOT EXISTS fence_{table}_{op.lower()} BEFORE {op} ON main.{table}"
+                    f" WHEN (SELECT epoch FROM main.lease WHERE name='{LEASE_NAME}')"
+                    " IS NOT (SELECT epoch FROM temp.fence)"
+                    f" BEGIN SELECT RAISE(ABORT, '{_FENCE_MESSAGE}'); END"
+                )
+
+    async def commit(self, changes: Changes, holder: str, epoch: int, renew_until: float | None) -> None:
+        """Write every change in one transaction; renew the lease in it when ``renew_until`` is given.
 
         Raises:
-            LeaseLostError: the lease is no longer ours; nothing was written.
+            LeaseLostError: the lease is no longer ours at ``epoch``; nothing was written.
         """
         w = self._w
         await w.execute("BEGIN IMMEDIATE")
         try:
-            await self._fence(holder, epoch, lease_until)
+            if renew_until is not None:
+                await self._fence(holder, epoch, renew_until)
             if changes.jobnet_versions:
                 await w.executemany(
                     "INSERT INTO jobnet_versions(name, version, body, digest, tenant, applied_at) VALUES (?,?,?,?,?,?)",
@@ -217,11 +233,6 @@ class Store:
                 await w.executemany(_UPSERT_JOB, [_job_row(r, j) for r, j in changes.jobs.values()])
             if changes.attempts:
                 await w.executemany(_UPSERT_ATTEMPT, [_attempt_row(r, j, a) for r, j, a in changes.attempts.values()])
-            if changes.outputs:
-                await w.executemany(
-                    "INSERT OR IGNORE INTO outputs(attempt_id, stdout, stderr, truncated_bytes) VALUES (?,?,?,?)",
-                    changes.outputs,
-                )
             if changes.agents:
                 await w.executemany(
                     "INSERT INTO agents(name, kind, inventory, registered_at, last_seen, state) VALUES (?,?,?,?,?,?)"
@@ -230,9 +241,16 @@ class Store:
                     changes.agents,
                 )
             await w.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            await self._rollback()
+            if _FENCE_MESSAGE in str(exc):
+                raise LeaseLostError(holder, epoch) from exc
+            raise
         except BaseException:
             await self._rollback()
             raise
+        for _, _, attempt in changes.attempts.values():
+            attempt.output = None
 
     # -- loading at takeover ---------------------------------------------------------------------
 
@@ -337,6 +355,7 @@ def _attempt_row(r: Run, j: JobRun, a: Attempt) -> tuple[Any, ...]:
         a.host,
         a.pid,
         a.reason,
+        *(a.output or (None, None, None)),
     )
 
 
@@ -490,9 +509,8 @@ class SiteQueries:
         if not run_id.isdigit():
             return None
         rows = await self._store.query(
-            "SELECT a.attempt_id, a.n, a.status, a.exit_code, a.host, o.stdout, o.stderr, o.truncated_bytes"
-            " FROM attempts a LEFT JOIN outputs o ON o.attempt_id = a.attempt_id"
-            " WHERE a.run_id=? AND a.job_id=? AND (? IS NULL OR a.n=?) ORDER BY a.n DESC LIMIT 1",
+            "SELECT a.attempt_id, a.n, a.status, a.exit_code, a.host, a.stdout, a.stderr, a.truncated_bytes"
+            " FROM attempts a WHERE a.run_id=? AND a.job_id=? AND (? IS NULL OR a.n=?) ORDER BY a.n DESC LIMIT 1",
             (int(run_id), job_id, n, n),
         )
         if not rows:

@@ -65,13 +65,15 @@ class DispatchIntake:
         try:
             known = await self._store.known(ids)
             new = self._admit(requests, known)
+            # Forwarding starts while the commit runs: the manager is acked only after the commit, and
+            # a dispatch forwarded but not committed is sent to us again and deduped by JetStream.
+            self._forwarder.hold(new)
             await self._store.hold(new)
         except Exception:  # per-message handler: the requesters get a retryable error, the relay goes on
             logger.exception("relay %s: could not commit %d dispatches", self._name, len(ids))
             for r in requests:
                 await refuse(r.msg, internal_error("store the dispatches"))
             return
-        self._forwarder.hold(new)
         if new:
             logger.debug("relay %s: holding %d new dispatches", self._name, len(new))
         for r in requests:

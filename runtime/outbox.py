@@ -91,12 +91,17 @@ class EventOutbox:
         return [e.env for e in self._entries.values()]
 
     async def put(self, envelopes: list[Envelope]) -> None:
-        """Take events to send; with persistence, they are durable when this returns."""
+        """Take events to send; with persistence, they are durable when this returns.
+
+        Sending starts before the save completes: whoever handed the events over is acked only after
+        this returns, so a crash before the save loses nothing (they are sent again to us), and the
+        receiver is idempotent by event ID. The persistence orders an ack's delete after the save.
+        """
         if not envelopes:
             return
+        self.restore(envelopes)
         if self._persistence is not None:
             await self._persistence.save(envelopes)
-        self.restore(envelopes)
 
     def restore(self, envelopes: Iterable[Envelope]) -> None:
         """Take events that are already durable (loaded at start-up) without saving them again."""
