@@ -4,7 +4,6 @@ Shared by the standard agent and the destination worker; only where the events g
 """
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,7 +15,7 @@ from nats.errors import Error as NatsError
 
 from agents.attempts import Attempt
 from agents.executor import Executor
-from runtime.bus import reply, subscribe
+from runtime.bus import reply
 from runtime.outbox import EventOutbox, eid_of
 from schemas import subjects
 from schemas.codec import decode, encode_one, error_reply
@@ -27,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a heartbeat hook (JetStream in-progress) may take.
 HOOK_TIMEOUT_S = 5.0
+#: Seconds a job runs before its STARTED event is sent. A job that ends sooner reports only FINISHED
+#: (whose duration tells when it started): half the events for short jobs, on every hop.
+STARTED_DELAY_S = 0.02
 
 Handler = Callable[[Msg], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
@@ -102,6 +104,7 @@ class Reporter:
         self._executor = executor
         self._worker = worker
         self._heartbeat_s = heartbeat_s
+        self._running: dict[str, Attempt] = {}
 
     @property
     def host(self) -> str:
@@ -115,22 +118,27 @@ class Reporter:
             attempt: what to run; its ``kill`` is set by a kill request on its control subject.
             on_heartbeat: awaited with each heartbeat (a worker extends its JetStream ack deadline).
         """
-        started = asyncio.Event()
+        launched = asyncio.Event()
+        pid_box: list[int] = []
 
         async def on_started(pid: int) -> None:
-            payload = {"host": self.host, "pid": pid, "worker": self._worker}
-            await self._outbox.put([event_for(attempt.dispatch, Kind.STARTED, payload, time.time())])
-            started.set()
+            pid_box.append(pid)
+            launched.set()
 
-        control = await subscribe(self._nc, subjects.control(attempt.attempt_id))
-        async with asyncio.TaskGroup() as tg:
-            controlling = tg.create_task(consume(control, functools.partial(self._on_control, attempt)))
-            beats = tg.create_task(self._heartbeats(attempt, started, on_heartbeat))
-            try:
-                return await self._executor.run(attempt.spec, attempt.kill, on_started)
-            finally:
-                beats.cancel()
-                await stop_consuming(control, controlling)
+        self._running[attempt.attempt_id] = attempt
+        try:
+            async with asyncio.TaskGroup() as tg:
+                beats = tg.create_task(self._announce_and_beat(attempt, launched, pid_box, on_heartbeat))
+                try:
+                    return await self._executor.run(attempt.spec, attempt.kill, on_started)
+                finally:
+                    beats.cancel()
+        finally:
+            self._running.pop(attempt.attempt_id, None)
+
+    async def serve_control(self, sub: Subscription) -> None:
+        """Take kill requests for the attempts this process runs (one subscription for all of them)."""
+        await consume(sub, self._on_control)
 
     async def finish(self, attempt: Attempt, finished: Finished) -> str:
         """Send an attempt's FINISHED event; return the event ID its ack will name."""
@@ -138,8 +146,13 @@ class Reporter:
         await self._outbox.put([env])
         return eid_of(env)
 
-    async def _heartbeats(self, attempt: Attempt, started: asyncio.Event, hook: Hook | None) -> None:
-        await started.wait()
+    async def _announce_and_beat(
+        self, attempt: Attempt, launched: asyncio.Event, pid_box: list[int], hook: Hook | None
+    ) -> None:
+        await launched.wait()
+        await asyncio.sleep(STARTED_DELAY_S)
+        payload = {"host": self.host, "pid": pid_box[0] if pid_box else None, "worker": self._worker}
+        await self._outbox.put([event_for(attempt.dispatch, Kind.STARTED, payload, time.time())])
         seq = 0
         while True:
             await asyncio.sleep(self._heartbeat_s)
@@ -153,13 +166,17 @@ class Reporter:
             except (NatsError, TimeoutError, OSError) as exc:  # the next beat tries again
                 logger.warning("attempt %s: heartbeat hook failed: %s", attempt.attempt_id, exc)
 
-    async def _on_control(self, attempt: Attempt, msg: Msg) -> None:
+    async def _on_control(self, msg: Msg) -> None:
         try:
             envs = decode(msg.data)
         except WireError as exc:
-            logger.warning("bad control message for %s: %s", attempt.attempt_id, exc)
+            logger.warning("bad control message on %s: %s", msg.subject, exc)
             await reply(msg, error_reply(exc, ts=time.time()))
             return
+        attempt_id = msg.subject.removeprefix(subjects.control(""))
+        attempt = self._running.get(attempt_id)
+        if attempt is None:
+            return  # another executor runs it, or it already ended: that one answers
         actions = {env.payload.get("action") for env in envs if env.kind == Kind.CONTROL}
         if "kill" not in actions:
             error = WireError(ErrorCode.INVALID, f"no known control action in {sorted(map(str, actions))}")

@@ -49,6 +49,8 @@ class StandardAgent:
                 sending = tg.create_task(outbox.run())
                 hello = await subscribe(nc, subjects.hello_all())
                 hearing = tg.create_task(consume(hello, hello_handler(outbox, lambda: self._register(nc))))
+                control = await subscribe(nc, subjects.control_all())
+                controlling = tg.create_task(reporter.serve_control(control))
                 intake = await subscribe(nc, subjects.agent_run(s.name))
                 # Subscribed first, so a manager that sees the registration can dispatch at once.
                 beating = tg.create_task(self._inventory_beats(nc))
@@ -64,6 +66,7 @@ class StandardAgent:
                 for task in (sending, beating):
                     task.cancel()
                 await stop_consuming(hello, hearing)
+                await stop_consuming(control, controlling)
             logger.info("standard agent %s stopped (%d attempt(s) killed)", s.name, stopped)
 
     async def _on_dispatch(self, msg: Msg, reporter: Reporter, jobs: asyncio.TaskGroup) -> None:

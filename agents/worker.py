@@ -98,6 +98,8 @@ class DestinationWorker:
                 sending = tg.create_task(outbox.run())
                 hello = await subscribe(nc, subjects.hello_all())
                 hearing = tg.create_task(consume(hello, hello_handler(outbox)))
+                control = await subscribe(nc, subjects.control_all())
+                controlling = tg.create_task(reporter.serve_control(control))
                 logger.info("worker %s of %s ready: %d slot(s)", s.name, self._dest, s.concurrency)
                 async with asyncio.TaskGroup() as jobs:
                     await self._pull(pulls, stop, reporter, jobs)
@@ -112,6 +114,7 @@ class DestinationWorker:
                     self._give_up()
                 sending.cancel()
                 await stop_consuming(hello, hearing)
+                await stop_consuming(control, controlling)
             logger.info("worker %s stopped (%d attempt(s) handed back)", s.name, stopped)
 
     async def _ensure(self, js: JetStreamContext, stop: asyncio.Event) -> bool:
@@ -188,7 +191,7 @@ class DestinationWorker:
                     return
                 self._by_eid[eid] = delivery
                 await reporter.finish(attempt, finished)
-                logger.info("attempt %s %s (exit %s)", attempt_id, finished.status, finished.exit_code)
+                logger.debug("attempt %s %s (exit %s)", attempt_id, finished.status, finished.exit_code)
                 # Freed only now that the finished event is in the outbox, so a drain that sees every slot
                 # free also finds every finished event there to wait for.
                 slot = False

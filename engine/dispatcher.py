@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 #: Dispatches in one request.
 MAX_BATCH = 256
 #: Requests in flight at once.
-MAX_INFLIGHT = 32
+MAX_INFLIGHT = 8
 
 
 class Dispatcher:

@@ -29,7 +29,7 @@ RESEND_AFTER_S = 3.0
 #: Seconds to wait for the reply to one batch.
 REQUEST_TIMEOUT_S = 5.0
 #: Batches in flight at once.
-MAX_INFLIGHT_REQUESTS = 16
+MAX_INFLIGHT_REQUESTS = 2
 #: Largest body of one batch, in bytes.
 MAX_BATCH_BYTES = 256 * 1024
 

@@ -81,6 +81,11 @@ def dest_stream(name: str) -> str:
     return f"EKIDEN_DEST_{check_name(name, 'destination')}"
 
 
+def control_all() -> str:
+    """Every attempt's control subject: executors subscribe once and pick out the attempts they run."""
+    return f"{ROOT}.ctl.>"
+
+
 def control(attempt_id: str) -> str:
     """Kill and signal requests for whoever runs this attempt."""
     return f"{ROOT}.ctl.{attempt_id}"

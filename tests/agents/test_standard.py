@@ -51,8 +51,9 @@ async def test_dispatch_runs_and_reports_started_then_finished(
 ) -> None:
     name = f"a{uid}"
     agent = await _start_agent(nc, spawn, name)
-    ok = spec(sid, "ok", argv=("echo", "hi"))
-    bad = spec(sid, "bad", shell="echo oops >&2; exit 3")
+    # Both run longer than STARTED_DELAY_S, so each reports STARTED before FINISHED.
+    ok = spec(sid, "ok", argv=("sh", "-c", "echo hi; sleep 0.2"))
+    bad = spec(sid, "bad", shell="echo oops >&2; sleep 0.2; exit 3")
     ack = await _dispatch(nc, name, dispatch(sid, ok), dispatch(sid, bad))
     assert ack == {"accepted": [ok.attempt_id, bad.attempt_id], "refused": []}
 
@@ -68,6 +69,18 @@ async def test_dispatch_runs_and_reports_started_then_finished(
         assert started.payload["worker"] == name and started.payload["pid"] > 0
     agent.terminate()
     assert await agent.wait_exit() == 0
+
+
+async def test_a_job_shorter_than_the_started_delay_reports_only_finished(
+    nc: Client, spawn: Spawn, manager: EventSink, sid: str, uid: str
+) -> None:
+    name = f"a{uid}"
+    await _start_agent(nc, spawn, name)
+    quick = spec(sid, "quick", argv=("true",))
+    await _dispatch(nc, name, dispatch(sid, quick))
+    fin = Finished.from_wire((await manager.finished(quick.attempt_id)).payload)
+    assert fin.status == JobStatus.SUCCEEDED
+    assert [e.kind for e in manager.of(quick.attempt_id)] == [Kind.FINISHED]
 
 
 async def test_duplicate_dispatch_does_not_run_twice(

@@ -72,7 +72,7 @@ async def test_worker_runs_jobs_and_acks_them_after_the_relay_did(
     early = _job(sid, relay_name, "early", shell="sleep 0.6; echo early")
     await _put(js, dest, sid, early)
     worker = _worker(spawn, dest, "--concurrency", "2")
-    late = _job(sid, relay_name, "late", shell="exit 5")
+    late = _job(sid, relay_name, "late", shell="sleep 0.1; exit 5")
     await _put(js, dest, sid, late)
     await _put(js, dest, sid, late)  # a duplicate publish: JetStream drops it by its Nats-Msg-Id
     fin_early = Finished.from_wire((await relay.finished(early.attempt_id)).payload)
@@ -85,6 +85,7 @@ async def test_worker_runs_jobs_and_acks_them_after_the_relay_did(
     assert relay.of(early.attempt_id, Kind.HEARTBEAT)
     worker.terminate()
     assert await worker.wait_exit() == 0, worker.log()
+    # It ran once (the duplicate publish was dropped), long enough to report STARTED.
     assert len(relay.of(late.attempt_id, Kind.STARTED)) == 1
 
 
