@@ -338,7 +338,7 @@ class Core:
         if fin.host:
             attempt.host = fin.host
         if attempt.started_at is None:
-            attempt.started_at = max(now - fin.duration_s, attempt.dispatched_at)
+            attempt.started_at = max((attempt.reported_at or now) - fin.duration_s, attempt.dispatched_at)
             job.started_at = attempt.started_at
         attempt.output = (fin.stdout, fin.stderr, fin.truncated_bytes)
         self._end_job(run, job, state, fin.exit_code, fin.reason, ch, out, now)

@@ -63,7 +63,7 @@ class DispatchIntake:
             return
         ids = list(dict.fromkeys(d.attempt_id for r in requests for d in r.candidates))
         try:
-            known = await self._store.known(ids)
+            known = self._store.known(ids)
             new = self._admit(requests, known)
             # Forwarding starts while the commit runs: the manager is acked only after the commit, and
             # a dispatch forwarded but not committed is sent to us again and deduped by JetStream.

@@ -34,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 #: Milliseconds SQLite waits for a lock held by another connection before it gives up.
 BUSY_TIMEOUT_MS = 5000
-#: Most attempt IDs bound to one ``IN (...)`` query (SQLite caps the number of parameters).
-_IN_CHUNK = 500
 
 #: Schema migrations; entry ``n`` takes the file from version ``n`` to ``n + 1``. Append, never edit.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -79,6 +77,9 @@ class RelayStore:
         self._closed = False
         # One connection is shared by intake, forwarder and outbox; a transaction must not interleave.
         self._lock = asyncio.Lock()
+        # Every attempt ID in the dispatches table, so the intake's dedupe costs no query: this process is
+        # the only writer, and the set changes only with the rows (hold adds, prune removes).
+        self._ids: set[str] = set()
 
     @classmethod
     async def open(cls, path: Path, clock: Callable[[], float] = time.time) -> "RelayStore":
@@ -100,6 +101,7 @@ class RelayStore:
         try:
             await store._configure()
             await store._migrate()
+            store._ids = {row[0] for row in await db.execute_fetchall("SELECT attempt_id FROM dispatches")}
         except sqlite3.Error as exc:  # not a database, read-only, locked by another writer...
             await db.close()
             raise StoreError(path, str(exc)) from exc
@@ -124,17 +126,9 @@ class RelayStore:
 
     # -- dispatches ---------------------------------------------------------------------------------
 
-    async def known(self, attempt_ids: Sequence[str]) -> set[str]:
+    def known(self, attempt_ids: Sequence[str]) -> set[str]:
         """The attempt IDs among ``attempt_ids`` that this relay holds or forwarded within the retention."""
-        found: set[str] = set()
-        for start in range(0, len(attempt_ids), _IN_CHUNK):
-            chunk = attempt_ids[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = await self._db.execute_fetchall(
-                f"SELECT attempt_id FROM dispatches WHERE attempt_id IN ({marks})", chunk
-            )
-            found.update(row[0] for row in rows)
-        return found
+        return self._ids.intersection(attempt_ids)
 
     async def hold(self, dispatches: Sequence[HeldDispatch]) -> None:
         """Commit new dispatches as held, in one transaction; an attempt ID already stored is left as it is."""
@@ -148,6 +142,7 @@ class RelayStore:
                 "VALUES (?, ?, ?, 'held', ?)",
                 rows,
             )
+        self._ids.update(d.attempt_id for d in dispatches)
 
     async def held(self) -> list[HeldDispatch]:
         """Every dispatch not yet forwarded, oldest first (loaded at start-up)."""
@@ -171,10 +166,12 @@ class RelayStore:
         """Forget dispatches forwarded more than ``retention_s`` ago; return how many rows went."""
         cutoff = self._clock() - retention_s
         async with self._transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM dispatches WHERE state = 'forwarded' AND forwarded_at < ?", (cutoff,)
+            rows = await db.execute_fetchall(
+                "DELETE FROM dispatches WHERE state = 'forwarded' AND forwarded_at < ? RETURNING attempt_id", (cutoff,)
             )
-            return cursor.rowcount
+        pruned = [row[0] for row in rows]
+        self._ids.difference_update(pruned)
+        return len(pruned)
 
     # -- events (runtime.outbox.Persistence) --------------------------------------------------------
 
