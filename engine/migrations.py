@@ -30,6 +30,16 @@ MIGRATIONS: tuple[str, ...] = (
         name TEXT PRIMARY KEY, kind TEXT NOT NULL, inventory TEXT NOT NULL, registered_at REAL NOT NULL,
         last_seen REAL NOT NULL, state TEXT NOT NULL) WITHOUT ROWID;
     """,
+    # 2: site settings (maintenance survives a failover), managers seen (active and standby), the time a
+    # relay confirmed an attempt is in its destination's JetStream queue, and agent routing state.
+    """
+    CREATE TABLE site_settings(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE managers(
+        holder TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, role TEXT NOT NULL,
+        started_at REAL NOT NULL, seen_at REAL NOT NULL) WITHOUT ROWID;
+    ALTER TABLE attempts ADD COLUMN queued_at REAL;
+    ALTER TABLE agents ADD COLUMN used_at REAL NOT NULL DEFAULT 0;
+    """,
 )
 
 #: The schema version this code writes.

@@ -24,7 +24,10 @@ class Kind(StrEnum):
     OUTPUT = "output"  #: event: a chunk of live output
     FINISHED = "finished"  #: event: the attempt ended (exit code, output)
     REFUSED = "refused"  #: event: a relay or agent will not take the attempt (with the reason)
-    ACK = "ack"  #: reply: these event IDs (or dispatches) are committed
+    #: reply. To events: ``{"eids": [...]}`` committed. To a dispatch batch: ``{"accepted": [...], "queued":
+    #: [...], "refused": [{"attempt_id", "code", "reason"}]}``: accepted means held durably by the receiver;
+    #: queued (relays only, a subset of accepted) means already in the destination's JetStream stream.
+    ACK = "ack"
     HELLO = "hello"  #: a manager became active: resend everything not yet acked
     REGISTER = "register"  #: an agent announces itself with its inventory
     API = "api"  #: control API request
