@@ -71,6 +71,16 @@ def relay_events(name: str) -> str:
     return f"{ROOT}.relay.{check_name(name, 'relay')}.evt"
 
 
+def relay_stats(name: str) -> str:
+    """Request-reply: a relay of this name reports its destinations (pending, running, workers, backlog)."""
+    return f"{ROOT}.relay.{check_name(name, 'relay')}.stats"
+
+
+def dest_heartbeat(name: str) -> str:
+    """Destination workers announce themselves here (on the workers' NATS), for relays to count them."""
+    return f"{ROOT}.dest.{check_name(name, 'destination')}.hb"
+
+
 def dest_run(name: str) -> str:
     """Subject of a destination's JetStream work-queue stream."""
     return f"{ROOT}.dest.{check_name(name, 'destination')}.run"
