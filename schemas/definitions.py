@@ -23,11 +23,12 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.names import is_valid_name
 
-_TOP_KEYS = frozenset({"jobnet", "destination"})
+_T = TypeVar("_T")
+_TOP_KEYS = frozenset({"jobnet", "destination", "agent", "group"})
 _JOBNET_KEYS = frozenset({"description", "tenant", "job"})
 _JOB_KEYS = frozenset(
     {
@@ -43,10 +44,14 @@ _JOB_KEYS = frozenset(
         "after",
         "agent",
         "dest",
+        "group",
+        "broadcast",
         "restart",
     }
 )
 _DEST_KEYS = frozenset({"relay", "restart", "tenant", "description"})
+_AGENT_KEYS = frozenset({"restart", "tenant", "description"})
+_GROUP_KEYS = frozenset({"agents", "tenant", "description"})
 #: Relay name a destination uses when its definition names none.
 DEFAULT_RELAY = "main"
 #: Tenant of definitions that name none.
@@ -105,6 +110,9 @@ class Job:
     after: tuple[str, ...] = ()
     agent: str | None = None
     dest: str | None = None
+    #: a group of standard agents: any one member runs it, or every member when ``broadcast``
+    group: str | None = None
+    broadcast: bool = False
     restart: bool = True
     description: str = ""
 
@@ -132,8 +140,12 @@ class Job:
             out["after"] = list(self.after)
         if self.agent is not None:
             out["agent"] = self.agent
-        else:
+        elif self.dest is not None:
             out["dest"] = self.dest
+        else:
+            out["group"] = self.group
+            if self.broadcast:
+                out["broadcast"] = True
         if not self.restart:
             out["restart"] = False
         return out
@@ -191,17 +203,61 @@ class Destination:
 
 
 @dataclass(frozen=True, slots=True)
+class Agent:
+    """Settings of a standard agent the manager addresses by name (an agent need not be defined to run jobs)."""
+
+    name: str
+    restart: RestartAttribute = RestartAttribute.RESTART
+    tenant: str = DEFAULT_TENANT
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical map of this agent, in the input format."""
+        out: dict[str, Any] = {"restart": str(self.restart)}
+        if self.tenant != DEFAULT_TENANT:
+            out["tenant"] = self.tenant
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Standard agents that share work; ``agents`` is in priority order (the first is preferred)."""
+
+    name: str
+    agents: tuple[str, ...]
+    tenant: str = DEFAULT_TENANT
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical map of this group, in the input format."""
+        out: dict[str, Any] = {"agents": list(self.agents)}
+        if self.tenant != DEFAULT_TENANT:
+            out["tenant"] = self.tenant
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Definitions:
-    """A validated set of jobnets and destinations."""
+    """A validated set of jobnets, destinations, agents and agent groups."""
 
     jobnets: dict[str, Jobnet] = field(default_factory=dict)
     destinations: dict[str, Destination] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)
+    groups: dict[str, Group] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical map of everything, in the input format (what JSON export writes)."""
         out: dict[str, Any] = {}
         if self.destinations:
             out["destination"] = {n: d.to_dict() for n, d in sorted(self.destinations.items())}
+        if self.agents:
+            out["agent"] = {n: a.to_dict() for n, a in sorted(self.agents.items())}
+        if self.groups:
+            out["group"] = {n: g.to_dict() for n, g in sorted(self.groups.items())}
         if self.jobnets:
             out["jobnet"] = {n: j.to_dict() for n, j in sorted(self.jobnets.items())}
         return out
@@ -232,6 +288,8 @@ def parse_definitions(data: Any) -> Definitions:
     for key in sorted(set(data) - _TOP_KEYS, key=str):
         errors.append(FieldError(_child("", key), "unknown key (expected 'jobnet' or 'destination')"))
     destinations = _parse_destinations(data.get("destination", {}), errors)
+    agents = _parse_agents(data.get("agent", {}), errors)
+    groups = _parse_groups(data.get("group", {}), errors)
     jobnets: dict[str, Jobnet] = {}
     raw_nets = data.get("jobnet", {})
     if not isinstance(raw_nets, dict):
@@ -243,30 +301,86 @@ def parse_definitions(data: Any) -> Definitions:
             jobnets[net.name] = net
     if errors:
         raise DefinitionError(errors)
-    return Definitions(jobnets=jobnets, destinations=destinations)
+    return Definitions(jobnets=jobnets, destinations=destinations, agents=agents, groups=groups)
 
 
 def merge(parts: list[Definitions]) -> Definitions:
     """Combine definitions read from several files.
 
     Raises:
-        DefinitionError: a jobnet or destination is defined twice.
+        DefinitionError: a jobnet, destination, agent or group is defined twice.
     """
-    jobnets: dict[str, Jobnet] = {}
-    destinations: dict[str, Destination] = {}
     errors: list[FieldError] = []
-    for part in parts:
-        for name, net in part.jobnets.items():
-            if name in jobnets:
-                errors.append(FieldError(f"jobnet.{name}", "defined more than once"))
-            jobnets[name] = net
-        for name, dest in part.destinations.items():
-            if name in destinations:
-                errors.append(FieldError(f"destination.{name}", "defined more than once"))
-            destinations[name] = dest
+    merged = Definitions(
+        jobnets=_merged("jobnet", [p.jobnets for p in parts], errors),
+        destinations=_merged("destination", [p.destinations for p in parts], errors),
+        agents=_merged("agent", [p.agents for p in parts], errors),
+        groups=_merged("group", [p.groups for p in parts], errors),
+    )
     if errors:
         raise DefinitionError(errors)
-    return Definitions(jobnets=jobnets, destinations=destinations)
+    return merged
+
+
+def _merged(kind: str, tables: list[dict[str, _T]], errors: list[FieldError]) -> dict[str, _T]:
+    out: dict[str, _T] = {}
+    for table in tables:
+        for name, item in table.items():
+            if name in out:
+                errors.append(FieldError(f"{kind}.{name}", "defined more than once"))
+            out[name] = item
+    return out
+
+
+def _restart_attribute(body: dict[str, Any], path: str, errors: list[FieldError]) -> RestartAttribute:
+    restart = body.get("restart", "RESTART")
+    if not isinstance(restart, str) or restart not in RestartAttribute._value2member_map_:
+        errors.append(FieldError(f"{path}.restart", "must be one of RESTART, PURGE, STOP"))
+        return RestartAttribute.RESTART
+    return RestartAttribute(restart)
+
+
+def _named_tables(
+    raw: Any, kind: str, keys: frozenset[str], errors: list[FieldError]
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The valid ``[kind.NAME]`` tables as ``name -> (path, body)``; what is wrong with the rest goes to errors."""
+    if not isinstance(raw, dict):
+        errors.append(FieldError(kind, f"must be a table of {kind}s"))
+        return {}
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, body in raw.items():
+        path = _child(kind, name)
+        if not is_valid_name(name):
+            errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
+        elif not isinstance(body, dict):
+            errors.append(FieldError(path, "must be a table"))
+        else:
+            out[str(name)] = (path, _check_keys(body, keys, path, errors))
+    return out
+
+
+def _parse_agents(raw: Any, errors: list[FieldError]) -> dict[str, Agent]:
+    out: dict[str, Agent] = {}
+    for name, (path, body) in _named_tables(raw, "agent", _AGENT_KEYS, errors).items():
+        restart = _restart_attribute(body, path, errors)
+        tenant = _tenant(body, path, errors)
+        out[name] = Agent(name, restart, tenant, _string(body, "description", path, errors) or "")
+    return out
+
+
+def _parse_groups(raw: Any, errors: list[FieldError]) -> dict[str, Group]:
+    out: dict[str, Group] = {}
+    for name, (path, body) in _named_tables(raw, "group", _GROUP_KEYS, errors).items():
+        members = body.get("agents")
+        if not isinstance(members, list) or not members or not all(is_valid_name(m) for m in members):
+            errors.append(FieldError(f"{path}.agents", "must be a non-empty list of agent names (priority order)"))
+            continue
+        if len(set(members)) != len(members):
+            errors.append(FieldError(f"{path}.agents", "lists an agent more than once"))
+            continue
+        tenant = _tenant(body, path, errors)
+        out[name] = Group(name, tuple(members), tenant, _string(body, "description", path, errors) or "")
+    return out
 
 
 def _parse_destinations(raw: Any, errors: list[FieldError]) -> dict[str, Destination]:
@@ -286,13 +400,10 @@ def _parse_destinations(raw: Any, errors: list[FieldError]) -> dict[str, Destina
         relay = body.get("relay", DEFAULT_RELAY)
         if not is_valid_name(relay):
             errors.append(FieldError(f"{path}.relay", "must be a valid relay name"))
-        restart = body.get("restart", "RESTART")
-        if not isinstance(restart, str) or restart not in RestartAttribute._value2member_map_:
-            errors.append(FieldError(f"{path}.restart", "must be one of RESTART, PURGE, STOP"))
-            restart = "RESTART"
+        restart = _restart_attribute(body, path, errors)
         tenant = _tenant(body, path, errors)
         desc = _string(body, "description", path, errors) or ""
-        out[name] = Destination(str(name), str(relay), RestartAttribute(restart), tenant, desc)
+        out[name] = Destination(str(name), str(relay), restart, tenant, desc)
     return out
 
 
@@ -374,15 +485,7 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:
         after = []
     elif len(set(after)) != len(after):
         errors.append(FieldError(f"{path}.after", "lists a job more than once"))
-    agent, dest = raw.get("agent"), raw.get("dest")
-    if (agent is None) == (dest is None):
-        errors.append(
-            FieldError(path, "needs exactly one target: 'agent' (a standard agent) or 'dest' (a destination)")
-        )
-    elif agent is not None and not is_valid_name(agent):
-        errors.append(FieldError(f"{path}.agent", "must be a valid agent name"))
-    elif dest is not None and not is_valid_name(dest):
-        errors.append(FieldError(f"{path}.dest", "must be a valid destination name"))
+    agent, dest, group, broadcast = _target(raw, path, errors)
     restart = raw.get("restart", True)
     if not isinstance(restart, bool):
         errors.append(FieldError(f"{path}.restart", "must be true or false"))
@@ -401,9 +504,35 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:
         after=tuple(after),
         agent=agent,
         dest=dest,
+        group=group,
+        broadcast=broadcast,
         restart=restart,
         description=desc,
     )
+
+
+def _target(raw: dict[str, Any], path: str, errors: list[FieldError]) -> tuple[Any, Any, Any, bool]:
+    """The job's target (agent, dest, group) and broadcast flag, checked: exactly one target is set."""
+    agent, dest, group = raw.get("agent"), raw.get("dest"), raw.get("group")
+    broadcast = raw.get("broadcast", False)
+    if sum(t is not None for t in (agent, dest, group)) != 1:
+        errors.append(
+            FieldError(
+                path,
+                "needs exactly one target: 'agent' (a standard agent), 'dest' (a destination) or 'group' (agents)",
+            )
+        )
+    elif agent is not None and not is_valid_name(agent):
+        errors.append(FieldError(f"{path}.agent", "must be a valid agent name"))
+    elif dest is not None and not is_valid_name(dest):
+        errors.append(FieldError(f"{path}.dest", "must be a valid destination name"))
+    elif group is not None and not is_valid_name(group):
+        errors.append(FieldError(f"{path}.group", "must be a valid group name"))
+    if not isinstance(broadcast, bool):
+        errors.append(FieldError(f"{path}.broadcast", "must be true or false"))
+    elif broadcast and group is None:
+        errors.append(FieldError(f"{path}.broadcast", "only a 'group' job can run on every member"))
+    return agent, dest, group, broadcast is True
 
 
 def _command(

@@ -564,3 +564,64 @@ def test_find_cycle_names_a_loop_in_run_order() -> None:
 
 def test_find_cycle_ignores_unknown_nodes() -> None:
     assert find_cycle({"a": ("ghost",)}) == []
+
+
+def test_group_targets_and_broadcast() -> None:
+    defs = parse_definitions(
+        {
+            "agent": {"db1": {"restart": "STOP", "tenant": "sales"}},
+            "group": {"etl": {"agents": ["db1", "db2"], "tenant": "sales"}},
+            "jobnet": {
+                "n": {
+                    "tenant": "sales",
+                    "job": [
+                        {"id": "any", "cmd": ["true"], "group": "etl"},
+                        {"id": "all", "cmd": ["true"], "group": "etl", "broadcast": True, "after": ["any"]},
+                    ],
+                }
+            },
+        }
+    )
+    assert defs.groups["etl"].agents == ("db1", "db2")
+    assert str(defs.agents["db1"].restart) == "STOP"
+    jobs = defs.jobnets["n"].jobs
+    assert (jobs[0].group, jobs[0].broadcast, jobs[1].broadcast) == ("etl", False, True)
+    assert parse_definitions(defs.to_dict()) == defs
+
+
+@pytest.mark.parametrize(
+    ("job", "path", "words"),
+    [
+        ({"agent": "a", "group": "g"}, "jobnet.n.job[0]", "exactly one target"),
+        ({"agent": "a", "broadcast": True}, "jobnet.n.job[0].broadcast", "only a 'group' job"),
+        ({"group": "g", "broadcast": "yes"}, "jobnet.n.job[0].broadcast", "true or false"),
+        ({"group": "not a name"}, "jobnet.n.job[0].group", "valid group name"),
+    ],
+)
+def test_bad_group_targets(job: dict[str, Any], path: str, words: str) -> None:
+    with pytest.raises(DefinitionError) as err:
+        parse_definitions({"jobnet": {"n": {"job": [{"id": "x", "cmd": ["true"], **job}]}}})
+    assert [(e.path, words in e.message) for e in err.value.errors] == [(path, True)]
+
+
+@pytest.mark.parametrize(
+    ("doc", "path"),
+    [
+        ({"group": {"g": {"agents": []}}}, "group.g.agents"),
+        ({"group": {"g": {"agents": ["a", "a"]}}}, "group.g.agents"),
+        ({"group": {"g": {"members": ["a"]}}}, "group.g.members"),
+        ({"agent": {"a": {"restart": "NEVER"}}}, "agent.a.restart"),
+        ({"agent": {"a b": {}}}, 'agent["a b"]'),
+    ],
+)
+def test_bad_agent_and_group_definitions(doc: dict[str, Any], path: str) -> None:
+    with pytest.raises(DefinitionError) as err:
+        parse_definitions(doc)
+    assert path in [e.path for e in err.value.errors]
+
+
+def test_merge_refuses_a_group_defined_twice() -> None:
+    part = parse_definitions({"group": {"g": {"agents": ["a"]}}})
+    with pytest.raises(DefinitionError) as err:
+        merge([part, part])
+    assert [e.path for e in err.value.errors] == ["group.g"]

@@ -78,10 +78,17 @@ ACCEPTED: list[Any] = [
     _net(_job(timeout_s=0.001), description="", tenant="t-1"),
     {"destination": {"d": {}, "e": {"relay": "gw", "restart": "PURGE", "tenant": "t", "description": ""}}},
     {"jobnet": {"X" * 64: {"job": [_job(id="0" * 64)]}}},
+    _net(_job(agent=..., group="etl"), _job(id="b", agent=..., group="etl", broadcast=True)),
+    {"agent": {"h": {"restart": "STOP", "tenant": "t"}}, "group": {"etl": {"agents": ["h", "i"]}}},
 ]
 
 REFUSED: list[Any] = [
     [],
+    _net(_job(broadcast=True)),
+    _net(_job(group="etl")),
+    {"group": {"etl": {"agents": []}}},
+    {"group": {"etl": {"agents": ["a", "a"]}}},
+    {"agent": {"h": {"restart": "NEVER"}}},
     {"jobnets": {}},
     {"jobnet": []},
     _net(_job(), owner="ops"),
