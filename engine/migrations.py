@@ -40,6 +40,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE attempts ADD COLUMN queued_at REAL;
     ALTER TABLE agents ADD COLUMN used_at REAL NOT NULL DEFAULT 0;
     """,
+    # 3: agent settings and agent groups, applied like destinations (latest definition wins).
+    """
+    CREATE TABLE agent_definitions(
+        kind TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, applied_at REAL NOT NULL,
+        PRIMARY KEY(kind, name)) WITHOUT ROWID;
+    """,
 )
 
 #: The schema version this code writes.

@@ -23,7 +23,16 @@ logger = logging.getLogger(__name__)
 #: The lease row's name; one manager per site holds it.
 LEASE_NAME = "manager"
 #: Tables whose every write is fenced by the lease (see ``Store.arm_fence``).
-FENCED_TABLES = ("jobnet_versions", "destinations", "runs", "jobs", "attempts", "agents", "site_settings")
+FENCED_TABLES = (
+    "jobnet_versions",
+    "destinations",
+    "agent_definitions",
+    "runs",
+    "jobs",
+    "attempts",
+    "agents",
+    "site_settings",
+)
 _FENCE_MESSAGE = "ekiden fence: this manager no longer holds the lease"
 
 
