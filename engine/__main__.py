@@ -21,6 +21,8 @@ def parse_settings(argv: list[str] | None = None) -> tuple[ManagerSettings, str]
     p.add_argument("--creds", default=os.environ.get("EKIDEN_NATS_CREDS"), help="NATS credentials file")
     p.add_argument("--lease-s", type=float, default=6.0, help="lease length; a standby takes over after it")
     p.add_argument("--dispatch-timeout-s", type=float, default=5.0)
+    p.add_argument("--held-resend-s", type=float, default=30.0, help="re-offer jobs a relay holds but did not queue")
+    p.add_argument("--agent-lost-after-s", type=float, default=45.0, help="lost after this long without heartbeat")
     p.add_argument("--log-level", default=os.environ.get("EKIDEN_LOG_LEVEL", "INFO"))
     p.add_argument("--log-json", action="store_true", default=os.environ.get("EKIDEN_LOG_JSON") == "1")
     a = p.parse_args(argv)
@@ -31,6 +33,8 @@ def parse_settings(argv: list[str] | None = None) -> tuple[ManagerSettings, str]
         lease_s=a.lease_s,
         tick_s=min(1.0, a.lease_s / 4),
         dispatch_timeout_s=a.dispatch_timeout_s,
+        held_resend_s=a.held_resend_s,
+        agent_lost_after_s=a.agent_lost_after_s,
     )
     configure(a.log_level, a.log_json, "manager")
     return settings, a.server_id

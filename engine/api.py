@@ -40,6 +40,7 @@ class Api:
             "apply": self._command("apply"),
             "run": self._command("run"),
             "maintenance": self._command("maintenance"),
+            "agent": self._command("agent"),
             "status": self._status,
             "runs": self._runs,
             "jobnets": self._jobnets,

@@ -19,17 +19,17 @@ from engine.runs import Attempt, JobRun, Run
 from engine.settings import ManagerSettings
 from engine.states import ACTIVE_JOB_STATES, STATE_OF_STATUS, JobState, RunState
 from engine.store import Changes, Lease, Store
+from engine.targets import AgentState, AgentStatus, LostOutcome, Targets
 from schemas import subjects
 from schemas.definitions import (
-    DEFAULT_RELAY,
     DefinitionError,
     Definitions,
-    Destination,
     Jobnet,
     parse_definitions,
 )
 from schemas.errors import ErrorCode, WireError
-from schemas.messages import Envelope, Finished, JobSpec, Kind, attempt_id, job_run_id
+from schemas.messages import Envelope, Finished, JobSpec, JobStatus, Kind, attempt_id, job_run_id
+from schemas.names import is_valid_name
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class DispatchReply:
 
     accepted: list[str]
     refused: list[tuple[str, str, str]]  #: (attempt ID, code, reason)
+    #: the accepted attempts a relay already put in their destination's JetStream queue
+    queued: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +127,13 @@ class Core:
         self._attempts: dict[str, tuple[Run, JobRun]] = {}
         #: dispatched attempts that no relay or agent has confirmed yet: the watchdog sends them again
         self._unconfirmed: dict[str, tuple[Run, JobRun]] = {}
+        #: attempts a relay holds but has not put in JetStream (its downstream is away, or it died)
+        self._held: dict[str, tuple[Run, JobRun]] = {}
+        #: attempts on standard agents, watched for heartbeats
+        self._on_agents: dict[str, tuple[Run, JobRun]] = {}
         self._ready: list[tuple[Run, JobRun]] = []
         self.jobnets: dict[str, tuple[int, Jobnet, str]] = {}
-        self.destinations: dict[str, Destination] = {}
+        self.targets = Targets()
         self._last_run_id = 0
         self._last_renewal = time.time()
         self.maintenance = False
@@ -144,8 +150,14 @@ class Core:
         nets, dests = await self._store.latest_definitions()
         for name, (version, body, digest) in nets.items():
             self.jobnets[name] = (version, _jobnet_from_body(name, body), digest)
-        for name, body in dests.items():
-            self.destinations[name] = _destination_from_body(name, body)
+        defs: dict[str, dict[str, Any]] = {"destination": {n: orjson.loads(b) for n, b in dests.items()}}
+        for kind, name, body in await self._store.agent_definitions():
+            defs.setdefault(kind, {})[name] = orjson.loads(body)
+        self.targets.define(parse_definitions(defs))
+        for name, state, inventory, used_at in await self._store.agent_rows():
+            status = self.targets.agent(name)
+            status.state, status.used_at = AgentState(state), used_at
+            _take_inventory(status, orjson.loads(inventory))
         self._last_run_id = await self._store.last_run_id()
         mono = time.monotonic()
         for raw in await self._store.unfinished_runs():
@@ -170,28 +182,34 @@ class Core:
         run.tenant = raw["tenant"]
         for job_id, row in raw["jobs"].items():
             job = run.jobs.get(job_id)
-            if job is None:
-                continue
-            state, attempts, exit_code, started_at, ended_at, reason = row[:6]
-            aid, n, target, dispatched_at, accepted_at, a_started, host, pid = row[6:]
-            job.state, job.attempts, job.exit_code = JobState(state), attempts, exit_code
-            job.started_at, job.ended_at, job.reason = started_at, ended_at, reason
-            if aid is not None:
-                job.current = Attempt(aid, n, target, dispatched_at, accepted_at, a_started, host=host, pid=pid)
-                job.current.seen_at = mono
-                if job.state in ACTIVE_JOB_STATES:
-                    self._attempts[aid] = (run, job)
+            if job is not None:
+                await self._restore_job(run, job, row, mono)
         run.recount()
         for job in run.jobs.values():
             job.pending = sum(1 for d in job.job.after if run.jobs[d].state != JobState.SUCCEEDED)
             if job.state == JobState.READY:
                 self._ready.append((run, job))
         # Anything dispatched but never confirmed is sent again at once under the same attempt ID.
-        for job in run.jobs.values():
-            if job.state == JobState.DISPATCHED and job.current is not None and job.current.accepted_at is None:
-                job.current.seen_at = 0.0
-                self._unconfirmed[job.current.attempt_id] = (run, job)
+        for aid, (_, job) in self._unconfirmed.items():
+            attempt = job.attempt_of(aid)
+            if attempt is not None:
+                attempt.seen_at = 0.0
         return run
+
+    async def _restore_job(self, run: Run, job: JobRun, row: tuple[Any, ...], mono: float) -> None:
+        state, job.attempts, job.exit_code, job.started_at, job.ended_at, job.reason = row[:6]
+        job.state = JobState(state)
+        if row[6] is not None:
+            job.current = _attempt_from_row(row[6:])
+        elif job.job.broadcast and job.state in ACTIVE_JOB_STATES:
+            for member_row in await self._store.round_attempts(run.run_id, job.id, job.attempts):
+                member = _attempt_from_row(member_row)
+                job.members[member.target.partition(":")[2]] = member
+        if job.state in ACTIVE_JOB_STATES:
+            for attempt in job.live_attempts():
+                attempt.seen_at = mono  # heartbeats are counted again from the takeover
+                if not attempt.status:
+                    self._track(run, job, attempt)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -246,7 +264,7 @@ class Core:
         elif isinstance(item, Registered):
             self._on_registered(item.envelope, ch, now)
         elif isinstance(item, Tick):
-            self._watchdog(out, mono)
+            self._watchdog(ch, out, now, mono)
         else:
             try:
                 out.results.append((item.done, self._on_command(item, ch, out, now)))
@@ -288,8 +306,8 @@ class Core:
             logger.debug("event %s for attempt %s that is not in flight: acked, changes nothing", env.kind, aid)
             return eid
         run, job = found
-        attempt = job.current
-        if attempt is None or attempt.attempt_id != aid:
+        attempt = job.attempt_of(aid)
+        if attempt is None or attempt.status:
             logger.info("stale event %s for attempt %s discarded", env.kind, aid)
             return eid
         attempt.seen_at = mono
@@ -307,9 +325,8 @@ class Core:
             self._confirm(attempt, now)
             ch.job(run, job)
         elif env.kind == Kind.REFUSED:
-            self._on_refused(
-                run, job, str(env.payload.get("code", "")), str(env.payload.get("reason", "")), ch, out, now
-            )
+            code, reason = str(env.payload.get("code", "")), str(env.payload.get("reason", ""))
+            self._on_refused(run, job, attempt, code, reason, ch, out, now)
         return eid
 
     def _on_started(
@@ -319,6 +336,7 @@ class Core:
         attempt.host = host if isinstance(host, str) else ""
         attempt.pid = pid if isinstance(pid, int) else None
         self._confirm(attempt, now)
+        self._held.pop(attempt.attempt_id, None)
         if job.state == JobState.DISPATCHED:
             job.state = JobState.RUNNING
             job.started_at = attempt.started_at = env.ts or now
@@ -341,7 +359,49 @@ class Core:
             attempt.started_at = max((attempt.reported_at or now) - fin.duration_s, attempt.dispatched_at)
             job.started_at = attempt.started_at
         attempt.output = (fin.stdout, fin.stderr, fin.truncated_bytes)
-        self._end_job(run, job, state, fin.exit_code, fin.reason, ch, out, now)
+        if fin.status == JobStatus.LOST:
+            self._lose(run, job, attempt, fin.reason or "its executor was lost", ch, out, now)
+        elif job.members:
+            self._end_member(run, job, attempt, ch, out, now)
+        else:
+            self._end_job(run, job, state, fin.exit_code, fin.reason, ch, out, now)
+
+    def _end_member(self, run: Run, job: JobRun, attempt: Attempt, ch: Changes, out: Outbound, now: float) -> None:
+        """A broadcast member ended; the job ends when every member did, succeeding only if all did."""
+        self._untrack(attempt.attempt_id)
+        if any(not m.status for m in job.members.values()):
+            self._changed(run, job, ch, out)
+            return
+        failed = sorted(name for name, m in job.members.items() if m.status != JobStatus.SUCCEEDED)
+        if not failed:
+            self._end_job(run, job, JobState.SUCCEEDED, 0, "", ch, out, now)
+            return
+        codes = [m.exit_code for m in job.members.values() if m.exit_code not in (0, None)]
+        reason = "did not succeed on " + ", ".join(f"{n} ({job.members[n].status})" for n in failed)
+        self._end_job(run, job, JobState.FAILED, codes[0] if codes else None, reason, ch, out, now)
+
+    def _lose(self, run: Run, job: JobRun, attempt: Attempt, why: str, ch: Changes, out: Outbound, now: float) -> None:
+        """An attempt's executor was lost: apply the restart table (the target's attribute, the job's setting)."""
+        attempt.status, attempt.reason = str(JobStatus.LOST), why
+        attempt.finished_at = attempt.finished_at or now
+        if job.members:
+            self._end_member(run, job, attempt, ch, out, now)
+            return
+        self._untrack(attempt.attempt_id)
+        outcome = self.targets.lost_outcome(job.job, attempt.target)
+        lost = f"attempt {attempt.n} on {attempt.host or attempt.target} lost ({why})"
+        logger.warning("run %s job %s: %s: %s", run.run_id, job.id, lost, outcome)
+        if outcome == LostOutcome.RESTART:
+            job.reason = f"{lost}; running again"
+            run.set_state(job, JobState.READY)
+            self._changed(run, job, ch, out)
+            self._ready.append((run, job))
+        elif outcome == LostOutcome.HOLD:
+            job.reason = f"{lost}; held for the operator"
+            run.set_state(job, JobState.HELD)
+            self._changed(run, job, ch, out)
+        else:
+            self._end_job(run, job, JobState.LOST, None, lost, ch, out, now)
 
     def _end_job(
         self,
@@ -358,9 +418,8 @@ class Core:
         job.exit_code = exit_code
         job.ended_at = now
         job.reason = reason
-        if job.current is not None:
-            self._attempts.pop(job.current.attempt_id, None)
-            self._unconfirmed.pop(job.current.attempt_id, None)
+        for attempt in job.live_attempts():
+            self._untrack(attempt.attempt_id)
         self._changed(run, job, ch, out)
         if state == JobState.SUCCEEDED:
             for ready in run.release_dependants(job.id):
@@ -384,37 +443,48 @@ class Core:
         logger.info("run %s (%s) %s", run.run_id, run.jobnet.name, run.state)
 
     def _on_refused(
-        self, run: Run, job: JobRun, code: str, reason: str, ch: Changes, out: Outbound, now: float
+        self, run: Run, job: JobRun, attempt: Attempt, code: str, reason: str, ch: Changes, out: Outbound, now: float
     ) -> None:
-        if job.state != JobState.DISPATCHED:
+        if attempt.status or job.state != JobState.DISPATCHED:
             return
-        if code == ErrorCode.UNAVAILABLE:
-            # Back-pressure (a relay's backlog is full): keep the attempt and offer it again later.
-            job.reason = reason or "target busy"
-            ch.job(run, job)
+        if code in (ErrorCode.UNAVAILABLE, ErrorCode.CONFLICT):
+            # Back-pressure (a relay's backlog is full) or a stale epoch: keep the attempt; the watchdog
+            # offers it again (a manager that really lost its lease finds out at its next commit).
+            if job.reason != reason:
+                job.reason = reason or "target busy"
+                ch.job(run, job)
             return
-        if job.current is not None:
-            job.current.status, job.current.reason, job.current.finished_at = "error", reason, now
-        self._end_job(run, job, JobState.FAILED, None, f"refused: {reason}", ch, out, now)
+        attempt.status, attempt.reason, attempt.finished_at = str(JobStatus.ERROR), reason, now
+        if job.members:
+            self._end_member(run, job, attempt, ch, out, now)
+        else:
+            self._end_job(run, job, JobState.FAILED, None, f"refused: {reason}", ch, out, now)
 
     def _on_dispatch_reply(self, item: DispatchReply, ch: Changes, out: Outbound, now: float, mono: float) -> None:
+        queued = set(item.queued)
         for aid in item.accepted:
             found = self._attempts.get(aid)
-            if found is None:
+            attempt = found[1].attempt_of(aid) if found is not None else None
+            if found is None or attempt is None:
                 continue
             run, job = found
-            if job.current is not None and job.current.accepted_at is None:
-                # Kept in memory and written with the job's next change: a confirmation lost in a
-                # failover only costs a harmless resend under the same attempt ID.
-                self._confirm(job.current, now)
-                job.current.seen_at = mono
-                if job.reason:
-                    job.reason = ""
-                    ch.job(run, job)
+            # Kept in memory and written with the job's next change: a confirmation lost in a failover
+            # only costs a harmless resend under the same attempt ID.
+            self._confirm(attempt, now)
+            attempt.seen_at = mono
+            if aid in queued:
+                attempt.queued_at = attempt.queued_at or now
+                self._held.pop(aid, None)
+            elif attempt.target.startswith("dest:") and attempt.started_at is None and attempt.queued_at is None:
+                self._held[aid] = found
+            if job.reason:
+                job.reason = ""
+                ch.job(run, job)
         for aid, code, reason in item.refused:
             found = self._attempts.get(aid)
-            if found is not None:
-                self._on_refused(found[0], found[1], code, reason, ch, out, now)
+            attempt = found[1].attempt_of(aid) if found is not None else None
+            if found is not None and attempt is not None:
+                self._on_refused(found[0], found[1], attempt, code, reason, ch, out, now)
 
     def _on_registered(self, env: Envelope, ch: Changes, now: float) -> None:
         name, kind = env.payload.get("name"), env.payload.get("kind", "agent")
@@ -422,7 +492,8 @@ class Core:
             logger.warning("registration without a name dropped")
             return
         inventory = orjson.dumps(env.payload, default=str).decode()
-        ch.agents.append((name, kind, inventory, now, now, "effective"))
+        ch.agents.append((name, kind, inventory, now, now, str(AgentState.EFFECTIVE)))
+        _take_inventory(self.targets.agent(name), env.payload)
 
     # -- dispatch ----------------------------------------------------------------------------------
 
@@ -433,26 +504,58 @@ class Core:
         for run, job in ready:
             if job.state != JobState.READY or run.state != RunState.RUNNING:
                 continue
+            agents = self._agents_for(job)
+            if isinstance(agents, str):  # no agent takes it now: it waits, saying why
+                if job.reason != agents:
+                    job.reason = agents
+                    self._changed(run, job, ch, out)
+                self._ready.append((run, job))
+                continue
             job.attempts += 1
-            aid = attempt_id(self._settings.server_id, run.run_id, job.id, job.attempts)
-            target = f"agent:{job.job.agent}" if job.job.agent else f"dest:{job.job.dest}"
-            job.current = Attempt(aid, job.attempts, target, now, seen_at=mono)
+            job.current, job.members = None, {}
             job.state = JobState.DISPATCHED
             job.started_at = job.ended_at = job.exit_code = None
-            self._attempts[aid] = (run, job)
-            self._unconfirmed[aid] = (run, job)
+            sid = self._settings.server_id
+            if job.job.broadcast:
+                for name in agents:
+                    aid = attempt_id(sid, run.run_id, f"{job.id}:{name}", job.attempts)
+                    job.members[name] = Attempt(aid, job.attempts, f"agent:{name}", now, seen_at=mono)
+            else:
+                target = f"agent:{agents[0]}" if agents else f"dest:{job.job.dest}"
+                aid = attempt_id(sid, run.run_id, job.id, job.attempts)
+                job.current = Attempt(aid, job.attempts, target, now, seen_at=mono)
+            for attempt in job.live_attempts():
+                self._track(run, job, attempt)
+                out.dispatches.append(self._dispatch_envelope(run, job, attempt, now))
+            for name in agents:
+                status = self.targets.agent(name)
+                status.used_at = now
+                status.running += 1  # until its next heartbeat says how busy it is
+                ch.agent_states[name] = (name, now, str(status.state), now)
             self._changed(run, job, ch, out)
-            out.dispatches.append(self._dispatch_envelope(run, job, now))
 
-    def _dispatch_envelope(self, run: Run, job: JobRun, now: float) -> tuple[str, Envelope]:
+    def _agents_for(self, job: JobRun) -> list[str] | str:
+        """The agents a job goes to now ([] for a destination), or why it must wait."""
+        spec = job.job
+        if spec.agent is not None:
+            refusal = self.targets.refusal(spec.agent)
+            return refusal or [spec.agent]
+        if spec.group is None:
+            return []
+        if spec.broadcast:
+            members = self.targets.members(spec.group)
+        else:
+            picked = self.targets.pick(spec.group)
+            members = [picked] if picked is not None else []
+        return members or f"no agent of group {spec.group} takes jobs now"
+
+    def _dispatch_envelope(self, run: Run, job: JobRun, attempt: Attempt, now: float) -> tuple[str, Envelope]:
         spec_job = job.job
-        assert job.current is not None
-        relay = None
-        if spec_job.dest is not None:
-            dest = self.destinations.get(spec_job.dest)
-            relay = dest.relay if dest is not None else DEFAULT_RELAY
+        kind, _, target = attempt.target.partition(":")
+        agent = target if kind == "agent" else None
+        relay = self.targets.relay_of(target) if kind == "dest" else None
         spec = JobSpec(
-            attempt_id=job.current.attempt_id,
+            attempt_id=attempt.attempt_id,
             job=spec_job.id,
             jobnet=run.jobnet.name,
             argv=spec_job.argv,
@@ -463,12 +566,12 @@ class Core:
             cwd=spec_job.cwd,
             timeout_s=spec_job.timeout_s,
             output_limit_bytes=self._settings.output_limit_bytes,
-            agent=spec_job.agent,
+            agent=agent,
             dest=spec_job.dest,
             relay=relay,
-            restart=spec_job.restart,
+            restart=self.targets.lost_outcome(spec_job, attempt.target) == LostOutcome.RESTART,
         )
-        subject = subjects.agent_run(spec_job.agent) if spec_job.agent else subjects.relay_run(relay or DEFAULT_RELAY)
+        subject = subjects.agent_run(agent) if agent is not None else subjects.relay_run(str(relay))
         env = Envelope(
             kind=Kind.DISPATCH,
             sid=self._settings.server_id,
@@ -476,24 +579,50 @@ class Core:
             epoch=self._lease.epoch,
             run_id=run.run_id,
             job_run_id=job_run_id(run.run_id, job.id),
-            attempt=job.current.n,
+            attempt=attempt.n,
             tenant=run.tenant,
             ts=now,
         )
         return subject, env
+
+    def _track(self, run: Run, job: JobRun, attempt: Attempt) -> None:
+        """Watch a live attempt: for its events, its confirmation, its relay's queue and its agent's heartbeats."""
+        aid = attempt.attempt_id
+        self._attempts[aid] = (run, job)
+        if attempt.accepted_at is None:
+            self._unconfirmed[aid] = (run, job)
+        elif attempt.target.startswith("dest:") and attempt.started_at is None and attempt.queued_at is None:
+            self._held[aid] = (run, job)
+        if attempt.target.startswith("agent:"):
+            self._on_agents[aid] = (run, job)
+
+    def _untrack(self, aid: str) -> None:
+        for watched in (self._attempts, self._unconfirmed, self._held, self._on_agents):
+            watched.pop(aid, None)
 
     def _confirm(self, attempt: Attempt, now: float) -> None:
         if attempt.accepted_at is None:
             attempt.accepted_at = now
         self._unconfirmed.pop(attempt.attempt_id, None)
 
-    def _watchdog(self, out: Outbound, mono: float) -> None:
-        timeout_s = self._settings.dispatch_timeout_s
-        for run, job in self._unconfirmed.values():
-            attempt = job.current
-            if attempt is not None and mono - attempt.seen_at > timeout_s:
-                attempt.seen_at = mono
-                out.dispatches.append(self._dispatch_envelope(run, job, time.time()))
+    def _watchdog(self, ch: Changes, out: Outbound, now: float, mono: float) -> None:
+        """Send unconfirmed and relay-held dispatches again; apply the restart table to silent agents' attempts."""
+        s = self._settings
+        for watched, after_s in ((self._unconfirmed, s.dispatch_timeout_s), (self._held, s.held_resend_s)):
+            for aid, (run, job) in watched.items():
+                attempt = job.attempt_of(aid)
+                if attempt is not None and mono - attempt.seen_at > after_s:
+                    attempt.seen_at = mono
+                    out.dispatches.append(self._dispatch_envelope(run, job, attempt, now))
+        silent = [
+            (run, job, attempt)
+            for aid, (run, job) in self._on_agents.items()
+            if (attempt := job.attempt_of(aid)) is not None
+            and attempt.accepted_at is not None
+            and mono - attempt.seen_at > s.agent_lost_after_s
+        ]
+        for run, job, attempt in silent:
+            self._lose(run, job, attempt, f"no heartbeat for {s.agent_lost_after_s:g}s", ch, out, now)
 
     # -- commands ----------------------------------------------------------------------------------
 
@@ -505,6 +634,8 @@ class Core:
         if cmd.verb == "maintenance":
             self.maintenance = bool(cmd.args.get("on"))
             return {"maintenance": self.maintenance}
+        if cmd.verb == "agent":
+            return self._agent_command(cmd.args, ch, out, now)
         raise WireError(ErrorCode.INVALID, f"unknown command {cmd.verb!r}")
 
     def _apply_definitions(self, raw: Any, ch: Changes, now: float) -> dict[str, Any]:
@@ -527,21 +658,48 @@ class Core:
             result.append({"name": name, "version": version, "changed": True})
         for name, dest in sorted(defs.destinations.items()):
             ch.destinations.append((name, orjson.dumps(dest.to_dict()).decode(), now))
-            self.destinations[name] = dest
-        return {"jobnets": result, "destinations": sorted(defs.destinations)}
+        for name, agent in sorted(defs.agents.items()):
+            ch.agent_definitions.append(("agent", name, orjson.dumps(agent.to_dict()).decode(), now))
+        for name, group in sorted(defs.groups.items()):
+            ch.agent_definitions.append(("group", name, orjson.dumps(group.to_dict()).decode(), now))
+        self.targets.define(defs)
+        return {
+            "jobnets": result,
+            "destinations": sorted(defs.destinations),
+            "agents": sorted(defs.agents),
+            "groups": sorted(defs.groups),
+        }
 
     def _check_targets(self, defs: Definitions) -> None:
-        known = {**self.destinations, **defs.destinations}
-        errors = []
-        for net in defs.jobnets.values():
-            for i, job in enumerate(net.jobs):
-                if job.dest is not None and job.dest in known and known[job.dest].tenant != net.tenant:
-                    errors.append(
-                        f"jobnet.{net.name}.job[{i}].dest: destination {job.dest!r} belongs to tenant "
-                        f"{known[job.dest].tenant!r}, not {net.tenant!r}"
-                    )
+        errors = self.targets.tenant_errors(defs)
         if errors:
             raise WireError(ErrorCode.INVALID, "definitions refused:\n" + "\n".join(errors))
+
+    def _agent_command(self, args: dict[str, Any], ch: Changes, out: Outbound, now: float) -> dict[str, Any]:
+        """hold, release, block, cleanup or unregister a standard agent."""
+        name, action = args.get("name"), args.get("action")
+        if not isinstance(name, str) or not is_valid_name(name):
+            raise WireError(ErrorCode.INVALID, f"invalid agent name {name!r}")
+        states = {"hold": AgentState.HELD, "release": AgentState.EFFECTIVE, "block": AgentState.BLOCKED}
+        states["cleanup"] = AgentState.BLOCKED
+        if action == "unregister":
+            ch.agent_deletes.append(name)
+            self.targets.status.pop(name, None)
+            return {"agent": name, "state": "unregistered"}
+        if action not in states:
+            raise WireError(ErrorCode.INVALID, f"unknown agent action {action!r}: use {', '.join(states)}, unregister")
+        status = self.targets.agent(name)
+        status.state = states[action]
+        ch.agent_states[name] = (name, now, str(status.state), status.used_at)
+        lost = 0
+        if status.state == AgentState.BLOCKED:
+            # A target that died: what it was running is lost, and the restart table decides what follows.
+            for aid, (run, job) in list(self._on_agents.items()):
+                attempt = job.attempt_of(aid)
+                if attempt is not None and attempt.target == f"agent:{name}":
+                    self._lose(run, job, attempt, f"agent {name} was {action}ed", ch, out, now)
+                    lost += 1
+        return {"agent": name, "state": str(status.state), "attempts_lost": lost}
 
     def _start_run(self, args: dict[str, Any], ch: Changes, out: Outbound, now: float) -> dict[str, Any]:
         name = args.get("jobnet")
@@ -565,9 +723,21 @@ class Core:
         return {"run": run.run_id, "jobnet": name, "version": version}
 
 
+def _attempt_from_row(row: tuple[Any, ...]) -> Attempt:
+    """An attempt from ``(attempt_id, n, target, dispatched, accepted, started, host, pid, status, queued)``."""
+    aid, n, target, dispatched_at, accepted_at, started_at, host, pid, status, queued_at = row
+    attempt = Attempt(aid, n, target, dispatched_at, accepted_at, started_at, host=host, pid=pid)
+    attempt.status, attempt.queued_at = status, queued_at
+    return attempt
+
+
+def _take_inventory(status: AgentStatus, inventory: dict[str, Any]) -> None:
+    slots, running = inventory.get("slots"), inventory.get("running")
+    if isinstance(slots, int) and slots >= 0:
+        status.slots = slots
+    if isinstance(running, int) and running >= 0:
+        status.running = running
+
+
 def _jobnet_from_body(name: str, body: str) -> Jobnet:
     return parse_definitions({"jobnet": {name: orjson.loads(body)}}).jobnets[name]
-
-
-def _destination_from_body(name: str, body: str) -> Destination:
-    return parse_definitions({"destination": {name: orjson.loads(body)}}).destinations[name]

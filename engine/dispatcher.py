@@ -83,7 +83,8 @@ def _reply_item(data: bytes, aids: list[str], subject: str) -> Item:
         for r in reply.payload.get("refused", [])
         if isinstance(r, dict)
     ]
-    return DispatchReply(accepted, refused)
+    queued = tuple(a for a in reply.payload.get("queued", []) if isinstance(a, str))
+    return DispatchReply(accepted, refused, queued)
 
 
 def _target(subject: str) -> str:

@@ -24,6 +24,8 @@ class Attempt:
     finished_at: float | None = None
     #: when the executor says the attempt ended (its clock); ``finished_at`` is when the manager took it
     reported_at: float | None = None
+    #: when a relay said the attempt is in its destination's JetStream queue
+    queued_at: float | None = None
     status: str = ""
     exit_code: int | None = None
     host: str = ""
@@ -48,6 +50,8 @@ class JobRun:
     started_at: float | None = None
     ended_at: float | None = None
     current: Attempt | None = None
+    #: a broadcast job's attempts of its current round, one per group member (agent name -> attempt)
+    members: dict[str, Attempt] = field(default_factory=dict)
     #: why the job is where it is (shown in status): refusal, unreachable target, skip cause
     reason: str = ""
 
@@ -55,6 +59,16 @@ class JobRun:
     def id(self) -> str:
         """The job's ID within its jobnet."""
         return self.job.id
+
+    def attempt_of(self, attempt_id: str) -> Attempt | None:
+        """This job's live attempt with that ID: the current one, or a broadcast member's."""
+        if self.current is not None and self.current.attempt_id == attempt_id:
+            return self.current
+        return next((a for a in self.members.values() if a.attempt_id == attempt_id), None)
+
+    def live_attempts(self) -> list[Attempt]:
+        """Every attempt of the job's current round."""
+        return list(self.members.values()) if self.members else [self.current] if self.current else []
 
 
 @dataclass(slots=True)

@@ -27,6 +27,11 @@ class ManagerSettings:
     standby_poll_s: float = 0.5
     #: Seconds after which a dispatch that no relay or agent accepted is sent again (same attempt ID).
     dispatch_timeout_s: float = 5.0
+    #: Seconds after which a dispatch a relay holds but has not queued in JetStream is offered again (the
+    #: relay may have died holding it; a live one answers at once, another relay of the name takes it).
+    held_resend_s: float = 30.0
+    #: Seconds without a heartbeat after which an attempt on a standard agent is lost (agents beat every 10 s).
+    agent_lost_after_s: float = 45.0
     #: Seconds to wait for a relay's or agent's reply to a dispatch batch.
     dispatch_request_timeout_s: float = 5.0
     #: Bytes of stdout and of stderr kept per attempt.

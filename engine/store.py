@@ -33,6 +33,10 @@ FENCED_TABLES = (
     "agents",
     "site_settings",
 )
+#: The attempt columns recovery reads, in the order ``engine.core`` builds attempts from.
+_ATTEMPT_COLUMNS = (
+    "a.attempt_id, a.n, a.target, a.dispatched_at, a.accepted_at, a.started_at, a.host, a.pid, a.status, a.queued_at"
+)
 _FENCE_MESSAGE = "ekiden fence: this manager no longer holds the lease"
 
 
@@ -57,22 +61,50 @@ class Changes:
     attempts: dict[str, tuple[Run, JobRun, Attempt]] = field(default_factory=dict)
     jobnet_versions: list[tuple[str, int, str, str, str, float]] = field(default_factory=list)
     destinations: list[tuple[str, str, float]] = field(default_factory=list)
+    #: (kind 'agent' or 'group', name, body, applied at)
+    agent_definitions: list[tuple[str, str, str, float]] = field(default_factory=list)
     agents: list[tuple[str, str, str, float, float, str]] = field(default_factory=list)
+    #: (name, now, state, used at) of agents an operator or a dispatch changed
+    agent_states: dict[str, tuple[str, float, str, float]] = field(default_factory=dict)
+    #: agents unregistered by an operator
+    agent_deletes: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.jobs or self.attempts or self.jobnet_versions or self.destinations or self.agents)
+        return bool(
+            self.runs
+            or self.jobs
+            or self.attempts
+            or self.jobnet_versions
+            or self.destinations
+            or self.agent_definitions
+            or self.agents
+            or self.agent_states
+            or self.agent_deletes
+        )
 
     def run(self, run: Run) -> None:
         """Mark a run's row to be written."""
         self.runs[run.run_id] = run
 
     def job(self, run: Run, job: JobRun) -> None:
-        """Mark a job's row (and its current attempt's row) to be written."""
+        """Mark a job's row (and the rows of its current round's attempts) to be written."""
         self.jobs[(run.run_id, job.id)] = (run, job)
-        if job.current is not None:
-            self.attempts[job.current.attempt_id] = (run, job, job.current)
+        for attempt in job.live_attempts():
+            self.attempts[attempt.attempt_id] = (run, job, attempt)
 
 
+_INSERT_JOBNET_VERSION = (
+    "INSERT INTO jobnet_versions(name, version, body, digest, tenant, applied_at) VALUES (?,?,?,?,?,?)"
+)
+_UPSERT_AGENT_STATE = (
+    "INSERT INTO agents(name, kind, inventory, registered_at, last_seen, state, used_at)"
+    " VALUES (?, 'agent', '{}', ?, 0, ?, ?)"
+    " ON CONFLICT(name) DO UPDATE SET state=excluded.state, used_at=excluded.used_at"
+)
+_UPSERT_REGISTRATION = (
+    "INSERT INTO agents(name, kind, inventory, registered_at, last_seen, state) VALUES (?,?,?,?,?,?)"
+    " ON CONFLICT(name) DO UPDATE SET kind=excluded.kind, inventory=excluded.inventory, last_seen=excluded.last_seen"
+)
 _UPSERT_RUN = """
 INSERT INTO runs(run_id, jobnet, version, state, tenant, params, created_at, ended_at) VALUES (?,?,?,?,?,?,?,?)
 ON CONFLICT(run_id) DO UPDATE SET state=excluded.state, ended_at=excluded.ended_at"""
@@ -84,13 +116,13 @@ attempt_id=excluded.attempt_id, exit_code=excluded.exit_code, started_at=exclude
 ended_at=excluded.ended_at, reason=excluded.reason"""
 _UPSERT_ATTEMPT = """
 INSERT INTO attempts(attempt_id, run_id, job_id, n, target, dispatched_at, accepted_at, started_at, finished_at,
-reported_at, status, exit_code, host, pid, reason, stdout, stderr, truncated_bytes)
-VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+reported_at, status, exit_code, host, pid, reason, stdout, stderr, truncated_bytes, queued_at)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(attempt_id) DO UPDATE SET accepted_at=excluded.accepted_at, started_at=excluded.started_at,
 finished_at=excluded.finished_at, reported_at=excluded.reported_at, status=excluded.status,
 exit_code=excluded.exit_code, host=excluded.host, pid=excluded.pid, reason=excluded.reason,
 stdout=COALESCE(excluded.stdout, stdout), stderr=COALESCE(excluded.stderr, stderr),
-truncated_bytes=COALESCE(excluded.truncated_bytes, truncated_bytes)"""
+truncated_bytes=COALESCE(excluded.truncated_bytes, truncated_bytes), queued_at=excluded.queued_at"""
 
 
 class Store:
@@ -228,28 +260,9 @@ class Store:
         try:
             if renew_until is not None:
                 await self._fence(holder, epoch, renew_until)
-            if changes.jobnet_versions:
-                await w.executemany(
-                    "INSERT INTO jobnet_versions(name, version, body, digest, tenant, applied_at) VALUES (?,?,?,?,?,?)",
-                    changes.jobnet_versions,
-                )
-            if changes.destinations:
-                await w.executemany(
-                    "INSERT OR REPLACE INTO destinations(name, body, applied_at) VALUES (?,?,?)", changes.destinations
-                )
-            if changes.runs:
-                await w.executemany(_UPSERT_RUN, [_run_row(r) for r in changes.runs.values()])
-            if changes.jobs:
-                await w.executemany(_UPSERT_JOB, [_job_row(r, j) for r, j in changes.jobs.values()])
-            if changes.attempts:
-                await w.executemany(_UPSERT_ATTEMPT, [_attempt_row(r, j, a) for r, j, a in changes.attempts.values()])
-            if changes.agents:
-                await w.executemany(
-                    "INSERT INTO agents(name, kind, inventory, registered_at, last_seen, state) VALUES (?,?,?,?,?,?)"
-                    " ON CONFLICT(name) DO UPDATE SET kind=excluded.kind, inventory=excluded.inventory,"
-                    " last_seen=excluded.last_seen",
-                    changes.agents,
-                )
+            for sql, rows in _statements(changes):
+                if rows:
+                    await w.executemany(sql, rows)
             await w.commit()
         except sqlite3.IntegrityError as exc:
             await self._rollback()
@@ -278,6 +291,24 @@ class Store:
             async for name, body in cur:
                 dests[name] = body
         return nets, dests
+
+    async def round_attempts(self, run_id: str, job_id: str, n: int) -> list[tuple[Any, ...]]:
+        """A broadcast job's member attempts of round ``n``, as the columns of ``_ATTEMPT_COLUMNS``."""
+        async with self._w.execute(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts a WHERE a.run_id=? AND a.job_id=? AND a.n=?",
+            (int(run_id), job_id, n),
+        ) as cur:
+            return [tuple(row) async for row in cur]
+
+    async def agent_definitions(self) -> list[tuple[str, str, str]]:
+        """Every applied agent setting and agent group as ``(kind, name, body)``."""
+        async with self._w.execute("SELECT kind, name, body FROM agent_definitions") as cur:
+            return [(str(k), str(n), str(b)) async for k, n, b in cur]
+
+    async def agent_rows(self) -> list[tuple[str, str, str, float]]:
+        """Every registered agent as ``(name, state, inventory, used_at)``."""
+        async with self._w.execute("SELECT name, state, inventory, used_at FROM agents") as cur:
+            return [(str(n), str(s), str(i), float(u)) async for n, s, i, u in cur]
 
     async def jobnet_version_body(self, name: str, version: int) -> str | None:
         """The body of one applied version of a jobnet."""
@@ -314,7 +345,7 @@ class Store:
         for run in runs:
             async with self._w.execute(
                 "SELECT j.job_id, j.state, j.attempts, j.exit_code, j.started_at, j.ended_at, j.reason,"
-                " a.attempt_id, a.n, a.target, a.dispatched_at, a.accepted_at, a.started_at, a.host, a.pid"
+                f" {_ATTEMPT_COLUMNS}"
                 " FROM jobs j LEFT JOIN attempts a ON a.attempt_id = j.attempt_id WHERE j.run_id=?",
                 (int(run["run_id"]),),
             ) as cur:
@@ -328,6 +359,24 @@ class Store:
         """Run a read-only query on the reader connection."""
         async with self._r.execute(sql, params) as cur:
             return list(await cur.fetchall())
+
+
+def _statements(ch: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements of one commit, in an order that respects references (a run before its jobs)."""
+    return [
+        (_INSERT_JOBNET_VERSION, ch.jobnet_versions),
+        ("INSERT OR REPLACE INTO destinations(name, body, applied_at) VALUES (?,?,?)", ch.destinations),
+        (
+            "INSERT OR REPLACE INTO agent_definitions(kind, name, body, applied_at) VALUES (?,?,?,?)",
+            ch.agent_definitions,
+        ),
+        (_UPSERT_RUN, [_run_row(r) for r in ch.runs.values()]),
+        (_UPSERT_JOB, [_job_row(r, j) for r, j in ch.jobs.values()]),
+        (_UPSERT_ATTEMPT, [_attempt_row(r, j, a) for r, j, a in ch.attempts.values()]),
+        ("DELETE FROM agents WHERE name=?", [(n,) for n in ch.agent_deletes]),
+        (_UPSERT_AGENT_STATE, list(ch.agent_states.values())),
+        (_UPSERT_REGISTRATION, ch.agents),
+    ]
 
 
 def _run_row(r: Run) -> tuple[Any, ...]:
@@ -366,6 +415,7 @@ def _attempt_row(r: Run, j: JobRun, a: Attempt) -> tuple[Any, ...]:
         a.pid,
         a.reason,
         *(a.output or (None, None, None)),
+        a.queued_at,
     )
 
 
@@ -418,7 +468,9 @@ class SiteQueries:
         if not rows:
             return None
         r = rows[0]
-        order = {j["id"]: i for i, j in enumerate(orjson.loads(r["body"])["job"])}
+        body_jobs = orjson.loads(r["body"])["job"]
+        order = {j["id"]: i for i, j in enumerate(body_jobs)}
+        broadcast = {j["id"]: j.get("group") for j in body_jobs if j.get("broadcast")}
         jobs = await self._store.query(
             "SELECT j.job_id, j.state, j.attempts, j.exit_code, j.started_at, j.ended_at, j.reason, a.target, a.host,"
             " a.attempt_id FROM jobs j LEFT JOIN attempts a ON a.attempt_id = j.attempt_id WHERE j.run_id=?",
@@ -440,6 +492,10 @@ class SiteQueries:
             for j in jobs
         ]
         job_docs.sort(key=lambda d: order.get(d["id"], len(order)))
+        for doc in job_docs:
+            if doc["id"] in broadcast:
+                doc["target"] = f"group:{broadcast[doc['id']]}"
+                doc["members"] = await self._members(run_id, doc["id"], doc["attempts"])
         return {
             "run": str(r["run_id"]),
             "jobnet": r["jobnet"],
@@ -451,6 +507,24 @@ class SiteQueries:
             "ended_at": r["ended_at"],
             "jobs": job_docs,
         }
+
+    async def _members(self, run_id: str, job_id: str, n: int) -> list[dict[str, Any]]:
+        """A broadcast job's members in its latest round: one result per agent."""
+        rows = await self._store.query(
+            "SELECT target, status, exit_code, host, started_at, finished_at, reason FROM attempts"
+            " WHERE run_id=? AND job_id=? AND n=? ORDER BY target",
+            (int(run_id), job_id, n),
+        )
+        return [
+            {
+                "agent": m["target"].partition(":")[2],
+                "state": m["status"] or ("running" if m["started_at"] else "dispatched"),
+                "exit_code": m["exit_code"],
+                "host": m["host"] or None,
+                "reason": m["reason"],
+            }
+            for m in rows
+        ]
 
     async def runs(self, jobnet: str | None, limit: int) -> list[dict[str, Any]]:
         """The newest runs, optionally of one jobnet, with job counts."""
