@@ -15,7 +15,7 @@ import orjson
 from ekiden.client import ApiClient, CliError, find_endpoint, site_dir
 from ekiden.deffiles import load_definitions
 from ekiden.follow import RunFollower
-from ekiden.render import clock, run_status, table
+from ekiden.render import listing, run_status
 from ekiden.up import Stack, StackPlan
 from schemas.definitions import DefinitionError, Definitions
 from schemas.errors import WireError
@@ -60,10 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(s)
 
     s = sub.add_parser("ls", help="list jobnets, runs or agents")
-    s.add_argument("what", choices=["jobnets", "runs", "agents"])
+    s.add_argument("what", choices=["jobnets", "runs", "agents", "destinations"])
     s.add_argument("--jobnet", help="runs of this jobnet only")
     s.add_argument("--limit", type=int, default=50)
     s.add_argument("--json", action="store_true")
+    _connection_args(s)
+
+    s = sub.add_parser("agents", help="change how the manager routes to a standard agent")
+    s.add_argument("action", choices=["hold", "release", "block", "cleanup", "unregister"])
+    s.add_argument("name")
     _connection_args(s)
 
     s = sub.add_parser("logs", help="show a job's output")
@@ -213,42 +218,19 @@ async def cmd_ls(args: argparse.Namespace) -> int:
             rows = await client.call(args.what)
     finally:
         await client.close()
-    if args.json:
-        _print_json(rows)
-    elif args.what == "runs":
-        print(
-            table(
-                [
-                    [
-                        r["run"],
-                        r["jobnet"],
-                        str(r["version"]),
-                        r["state"],
-                        f"{r['succeeded']}/{r['jobs']}",
-                        clock(r["created_at"]),
-                    ]
-                    for r in rows
-                ],
-                ["RUN", "JOBNET", "VER", "STATE", "DONE", "STARTED"],
-            )
-        )
-    elif args.what == "jobnets":
-        print(
-            table(
-                [[r["name"], str(r["version"]), str(r["jobs"]), r["tenant"], r["description"]] for r in rows],
-                ["JOBNET", "VER", "JOBS", "TENANT", "DESCRIPTION"],
-            )
-        )
-    else:
-        print(
-            table(
-                [
-                    [r["name"], r["kind"], r["state"], str(r["inventory"].get("host", "-")), f"{r['seen_s_ago']}s ago"]
-                    for r in rows
-                ],
-                ["AGENT", "KIND", "STATE", "HOST", "LAST SEEN"],
-            )
-        )
+    _print_json(rows) if args.json else print(listing(args.what, rows))
+    return 0
+
+
+async def cmd_agents(args: argparse.Namespace) -> int:
+    """``ekiden agents ACTION NAME``."""
+    client = await _client(args)
+    try:
+        result = await client.call("agent", name=args.name, action=args.action)
+    finally:
+        await client.close()
+    lost = result.get("attempts_lost")
+    print(f"agent {result['agent']}: {result['state']}" + (f" ({lost} running attempts lost)" if lost else ""))
     return 0
 
 
@@ -324,5 +306,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "status": cmd_status,
     "ls": cmd_ls,
     "logs": cmd_logs,
+    "agents": cmd_agents,
     "up": cmd_up,
 }

@@ -47,3 +47,61 @@ def run_status(doc: dict[str, Any]) -> str:
         for j in doc["jobs"]
     ]
     return head + "\n" + table(rows, ["JOB", "STATE", "EXIT", "TRIES", "TARGET", "HOST", "TIME", "NOTE"])
+
+
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}s"
+
+
+def listing(what: str, rows: list[dict[str, Any]]) -> str:
+    """The table ``ekiden ls WHAT`` prints."""
+    if what == "runs":
+        return table(
+            [
+                [
+                    r["run"],
+                    r["jobnet"],
+                    str(r["version"]),
+                    r["state"],
+                    f"{r['succeeded']}/{r['jobs']}",
+                    clock(r["created_at"]),
+                ]
+                for r in rows
+            ],
+            ["RUN", "JOBNET", "VER", "STATE", "DONE", "STARTED"],
+        )
+    if what == "jobnets":
+        return table(
+            [[r["name"], str(r["version"]), str(r["jobs"]), r["tenant"], r["description"]] for r in rows],
+            ["JOBNET", "VER", "JOBS", "TENANT", "DESCRIPTION"],
+        )
+    if what == "destinations":
+        return table(
+            [
+                [
+                    r["name"],
+                    r["relay"],
+                    *(
+                        str(r.get(k, "-")) if r.get("reported") else "-"
+                        for k in ("pending", "running", "held", "workers")
+                    ),
+                    _age(r.get("oldest_pending_age_s")) if r.get("reported") else "no relay answered",
+                ]
+                for r in rows
+            ],
+            ["DESTINATION", "RELAY", "PENDING", "RUNNING", "HELD", "WORKERS", "OLDEST PENDING"],
+        )
+    return table(
+        [
+            [
+                r["name"],
+                r["kind"],
+                r["state"],
+                str(r["inventory"].get("host", "-")),
+                f"{r['inventory'].get('running', '-')}/{r['inventory'].get('slots', '-')}",
+                "never" if r["seen_s_ago"] is None else f"{r['seen_s_ago']}s ago",
+            ]
+            for r in rows
+        ],
+        ["AGENT", "KIND", "STATE", "HOST", "RUNNING", "LAST SEEN"],
+    )

@@ -6,6 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -13,7 +14,9 @@ from engine.core import Command, Core
 from engine.settings import ManagerSettings
 from engine.store import Lease, SiteQueries
 from runtime.bus import reply
+from schemas import subjects
 from schemas.codec import decode, encode_one, error_reply
+from schemas.definitions import DEFAULT_RELAY
 from schemas.errors import ErrorCode, WireError
 from schemas.messages import Envelope, Kind
 
@@ -23,6 +26,8 @@ logger = logging.getLogger(__name__)
 MAX_CONCURRENT_REQUESTS = 64
 #: Seconds a state-changing command may wait for its commit.
 COMMAND_TIMEOUT_S = 30.0
+#: Seconds a relay gets to report its destinations.
+RELAY_STATS_TIMEOUT_S = 2.0
 #: Most runs one listing returns.
 MAX_LIST = 1000
 
@@ -30,11 +35,12 @@ MAX_LIST = 1000
 class Api:
     """Answers control requests: reads go to the database, changes go through the core."""
 
-    def __init__(self, core: Core, queries: SiteQueries, settings: ManagerSettings, lease: Lease) -> None:
+    def __init__(self, core: Core, queries: SiteQueries, settings: ManagerSettings, lease: Lease, nc: Client) -> None:
         self._core = core
         self._queries = queries
         self._settings = settings
         self._lease = lease
+        self._nc = nc
         self._verbs: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self._ping,
             "apply": self._command("apply"),
@@ -46,6 +52,7 @@ class Api:
             "jobnets": self._jobnets,
             "agents": self._agents,
             "logs": self._logs,
+            "destinations": self._destinations,
         }
 
     async def serve(self, sub: Subscription) -> None:
@@ -120,8 +127,38 @@ class Api:
         now = time.time()
         agents = await self._queries.agents()
         for agent in agents:
-            agent["seen_s_ago"] = round(now - agent["last_seen"], 1)
+            agent["seen_s_ago"] = round(now - agent["last_seen"], 1) if agent["last_seen"] else None
         return agents
+
+    async def _destinations(self, _args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every destination with what its relays report: pending, running, held, workers, oldest pending age."""
+        targets = self._core.targets
+        relays = {targets.relay_of(name) for name in targets.destinations} | {DEFAULT_RELAY}
+        rows: dict[str, dict[str, Any]] = {
+            name: {"name": name, "relay": d.relay, "tenant": d.tenant, "restart": str(d.restart), "reported": False}
+            for name, d in targets.destinations.items()
+        }
+        async with asyncio.TaskGroup() as tg:
+            asks = {relay: tg.create_task(self._relay_stats(relay)) for relay in sorted(relays)}
+        for relay, ask in asks.items():
+            for stats in ask.result():
+                name = stats.get("name")
+                if not isinstance(name, str):
+                    continue
+                row = rows.setdefault(name, {"name": name, "relay": relay, "tenant": None, "restart": None})
+                row.update({k: stats.get(k) for k in ("pending", "running", "held", "workers", "oldest_pending_age_s")})
+                row["reported"] = True
+        return sorted(rows.values(), key=lambda r: r["name"])
+
+    async def _relay_stats(self, relay: str) -> list[dict[str, Any]]:
+        try:
+            msg = await self._nc.request(subjects.relay_stats(relay), b"", timeout=RELAY_STATS_TIMEOUT_S)
+            reply = decode(msg.data)[0]
+        except Exception as exc:  # no relay of that name answers: its destinations show as not reported
+            logger.debug("relay %s stats: %s", relay, exc)
+            return []
+        found = reply.payload.get("destinations") if reply.kind == Kind.REPLY else None
+        return [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
 
     async def _logs(self, args: dict[str, Any]) -> dict[str, Any]:
         run_id, job = str(args.get("run", "")), str(args.get("job", ""))

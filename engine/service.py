@@ -116,7 +116,7 @@ async def _serve_active(store: Store, nc: Client, settings: ManagerSettings, lea
     core = Core(store, settings, lease, _NatsSender(nc, settings, dispatcher), queue)
     await store.arm_fence(lease.epoch)
     await core.recover()
-    api = Api(core, SiteQueries(store), settings, lease)
+    api = Api(core, SiteQueries(store), settings, lease, nc)
     intake = [
         await subscribe(nc, subjects.events(sid), subjects.MANAGER_QUEUE),
         await subscribe(nc, subjects.REGISTER),
