@@ -46,6 +46,20 @@ MIGRATIONS: tuple[str, ...] = (
         kind TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, applied_at REAL NOT NULL,
         PRIMARY KEY(kind, name)) WITHOUT ROWID;
     """,
+    # 4: operating running work: held runs, a dedupe key per run submission, the audit log of operator
+    # actions, and the holders of named resource locks.
+    """
+    ALTER TABLE runs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN dedupe_key TEXT;
+    CREATE UNIQUE INDEX runs_by_dedupe_key ON runs(dedupe_key) WHERE dedupe_key IS NOT NULL;
+    CREATE TABLE audit(
+        id INTEGER PRIMARY KEY, ts REAL NOT NULL, who TEXT NOT NULL, origin TEXT NOT NULL, action TEXT NOT NULL,
+        target TEXT NOT NULL, detail TEXT NOT NULL, outcome TEXT NOT NULL);
+    CREATE INDEX audit_by_ts ON audit(ts);
+    CREATE TABLE lock_holders(
+        lock TEXT NOT NULL, holder TEXT NOT NULL, weight INTEGER NOT NULL, mode TEXT NOT NULL,
+        acquired_at REAL NOT NULL, PRIMARY KEY(lock, holder)) WITHOUT ROWID;
+    """,
 )
 
 #: The schema version this code writes.

@@ -7,6 +7,7 @@ a query never sees a transaction half done.
 
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,10 @@ import orjson
 from engine.errors import LeaseLostError, StoreError
 from engine.migrations import MIGRATIONS, SCHEMA_VERSION
 from engine.runs import Attempt, JobRun, Run
+from engine.sitefile import LEASE_NAME, MANAGER_ROW_KEPT_S
 
 logger = logging.getLogger(__name__)
 
-#: The lease row's name; one manager per site holds it.
-LEASE_NAME = "manager"
 #: Tables whose every write is fenced by the lease (see ``Store.arm_fence``).
 FENCED_TABLES = (
     "jobnet_versions",
@@ -32,6 +32,8 @@ FENCED_TABLES = (
     "attempts",
     "agents",
     "site_settings",
+    "audit",
+    "lock_holders",
 )
 #: The attempt columns recovery reads, in the order ``engine.core`` builds attempts from.
 _ATTEMPT_COLUMNS = (
@@ -68,6 +70,8 @@ class Changes:
     agent_states: dict[str, tuple[str, float, str, float]] = field(default_factory=dict)
     #: agents unregistered by an operator
     agent_deletes: list[str] = field(default_factory=list)
+    #: site settings that changed (key -> value), such as maintenance mode
+    settings: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
@@ -80,6 +84,7 @@ class Changes:
             or self.agents
             or self.agent_states
             or self.agent_deletes
+            or self.settings
         )
 
     def run(self, run: Run) -> None:
@@ -104,6 +109,10 @@ _UPSERT_AGENT_STATE = (
 _UPSERT_REGISTRATION = (
     "INSERT INTO agents(name, kind, inventory, registered_at, last_seen, state) VALUES (?,?,?,?,?,?)"
     " ON CONFLICT(name) DO UPDATE SET kind=excluded.kind, inventory=excluded.inventory, last_seen=excluded.last_seen"
+)
+_UPSERT_MANAGER = (
+    "INSERT INTO managers(holder, host, pid, role, started_at, seen_at) VALUES (?,?,?,?,?,?)"
+    " ON CONFLICT(holder) DO UPDATE SET role=excluded.role, seen_at=excluded.seen_at"
 )
 _UPSERT_RUN = """
 INSERT INTO runs(run_id, jobnet, version, state, tenant, params, created_at, ended_at) VALUES (?,?,?,?,?,?,?,?)
@@ -173,8 +182,22 @@ class Store:
         return Lease(*row) if row else None
 
     async def try_acquire(self, holder: str, host: str, pid: int, now: float, lease_s: float) -> Lease | None:
-        """Take the lease if it is free or expired, bumping the epoch; None if someone else holds it."""
-        await self._w.execute("BEGIN IMMEDIATE")
+        """Take the lease if it is free or expired, bumping the epoch; None if someone else holds it.
+
+        A look without a lock comes first, so a standby polling a healthy site never makes the active
+        manager wait for the write lock. A write lock that another process keeps past the busy timeout (a
+        manager stopped in the middle of a commit) counts as held: nobody can write until it resumes.
+        """
+        current = await self.lease()
+        if current is not None and current.holder != holder and current.expires_at > now:
+            return None
+        try:
+            await self._w.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            logger.warning("lease expired but the site database stays locked by another process: cannot take it yet")
+            return None
         try:
             async with self._w.execute(
                 "SELECT holder, epoch, expires_at FROM lease WHERE name=?", (LEASE_NAME,)
@@ -189,6 +212,8 @@ class Store:
                 " VALUES (?,?,?,?,?,?,?)",
                 (LEASE_NAME, holder, host, pid, epoch, now + lease_s, now),
             )
+            await self._w.execute(_UPSERT_MANAGER, (holder, host, pid, "active", now, now))
+            await self._w.execute("DELETE FROM managers WHERE seen_at < ?", (now - MANAGER_ROW_KEPT_S,))
             await self._w.execute("COMMIT")
         except BaseException:
             await self._rollback()
@@ -216,6 +241,39 @@ class Store:
         )
         await self._w.commit()
 
+    async def mark_seen(self, holder: str, host: str, pid: int, role: str, now: float) -> None:
+        """Record that this manager process is alive as ``role`` (standby or stopped) for the operator's view.
+
+        Best effort: a site locked by another process's commit is skipped this time.
+        """
+        try:
+            await self._w.execute(_UPSERT_MANAGER, (holder, host, pid, role, now, now))
+            await self._w.commit()
+        except sqlite3.OperationalError as exc:
+            await self._rollback()
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            logger.debug("managers row of %s not updated: site database busy", holder)
+
+    async def claim_server_id(self, server_id: str) -> None:
+        """Record the site's server ID, or check that the site already carries this one.
+
+        Raises:
+            StoreError: the site belongs to another server ID (its results would be routed elsewhere).
+        """
+        await self._w.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('server_id', ?)", (server_id,))
+        await self._w.commit()
+        async with self._w.execute("SELECT value FROM meta WHERE key='server_id'") as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] != server_id:
+            found = row[0] if row else None
+            raise StoreError(f"site {self.path.parent} belongs to server id {found!r}, not {server_id!r}")
+
+    async def site_settings(self) -> dict[str, str]:
+        """Every site setting (maintenance mode, ...) as committed."""
+        async with self._w.execute("SELECT key, value FROM site_settings") as cur:
+            return {str(k): str(v) async for k, v in cur}
+
     async def _fence(self, holder: str, epoch: int, expires_at: float) -> None:
         cur = await self._w.execute(
             "UPDATE lease SET expires_at=? WHERE name=? AND holder=? AND epoch=?",
@@ -223,6 +281,8 @@ class Store:
         )
         if cur.rowcount != 1:
             raise LeaseLostError(holder, epoch)
+        # The active manager is seen on every renewal: the operator's view costs no write of its own.
+        await self._w.execute("UPDATE managers SET role='active', seen_at=? WHERE holder=?", (time.time(), holder))
 
     async def _rollback(self) -> None:
         await self._w.rollback()  # a no-op when no transaction is open
@@ -376,6 +436,7 @@ def _statements(ch: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
         ("DELETE FROM agents WHERE name=?", [(n,) for n in ch.agent_deletes]),
         (_UPSERT_AGENT_STATE, list(ch.agent_states.values())),
         (_UPSERT_REGISTRATION, ch.agents),
+        ("INSERT OR REPLACE INTO site_settings(key, value) VALUES (?,?)", list(ch.settings.items())),
     ]
 
 
