@@ -10,8 +10,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from engine.core import Command, Core
+from engine.core import RUN_COMMANDS, Command, Core
 from engine.settings import ManagerSettings
+from engine.sitefile import read_status
 from engine.store import Lease, SiteQueries
 from runtime.bus import reply
 from schemas import subjects
@@ -43,10 +44,12 @@ class Api:
         self._nc = nc
         self._verbs: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self._ping,
+            "site": self._site,
             "apply": self._command("apply"),
             "run": self._command("run"),
             "maintenance": self._command("maintenance"),
             "agent": self._command("agent"),
+            **{verb: self._command(verb) for verb in RUN_COMMANDS},
             "status": self._status,
             "runs": self._runs,
             "jobnets": self._jobnets,
@@ -105,6 +108,12 @@ class Api:
             "maintenance": self._core.maintenance,
             "runs_active": len(self._core.runs),
         }
+
+    async def _site(self, _args: dict[str, Any]) -> dict[str, Any]:
+        # The same document 'ekiden site status' reads from the file with no manager running.
+        doc = await asyncio.to_thread(read_status, self._settings.site_dir)
+        doc["answered_by"] = {"host": self._settings.host, "pid": self._settings.pid, "epoch": self._lease.epoch}
+        return doc
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         run_id = str(args.get("run", ""))

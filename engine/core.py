@@ -15,8 +15,10 @@ from typing import Any, Protocol
 
 import orjson
 
+from engine import control
 from engine.runs import Attempt, JobRun, Run
 from engine.settings import ManagerSettings
+from engine.sitefile import MAINTENANCE_KEY
 from engine.states import ACTIVE_JOB_STATES, STATE_OF_STATUS, JobState, RunState
 from engine.store import Changes, Lease, Store
 from engine.targets import AgentState, AgentStatus, LostOutcome, Targets
@@ -33,6 +35,8 @@ from schemas.names import is_valid_name
 
 logger = logging.getLogger(__name__)
 
+#: Commands that act on one run (loaded from the database first if it already ended).
+RUN_COMMANDS = frozenset({"hold", "release", "skip", "kill", "rerun", "set_status"})
 #: Most items applied in one transaction.
 MAX_ITEMS_PER_TICK = 5000
 
@@ -97,6 +101,8 @@ class Outbound:
     changed_jobs: dict[str, dict[str, JobRun]] = field(default_factory=dict)
     results: list[tuple[asyncio.Future[dict[str, Any]], dict[str, Any] | BaseException]] = field(default_factory=list)
     ended_runs: list[Run] = field(default_factory=list)
+    #: kill requests to publish: (control subject, envelope)
+    controls: list[tuple[str, Envelope]] = field(default_factory=list)
 
 
 class Sender(Protocol):
@@ -110,6 +116,9 @@ class Sender(Protocol):
 
     async def progress(self, run: Run, jobs: list[JobRun]) -> None:
         """Publish a run's committed changes for anyone watching it."""
+
+    async def control(self, subject: str, envelope: Envelope) -> None:
+        """Publish a kill request to whoever runs an attempt."""
 
 
 class Core:
@@ -134,6 +143,10 @@ class Core:
         self._ready: list[tuple[Run, JobRun]] = []
         self.jobnets: dict[str, tuple[int, Jobnet, str]] = {}
         self.targets = Targets()
+        #: attempts an operator killed: one that starts anyway (it was queued) is killed again at once
+        self.killed: set[str] = set()
+        #: dedupe keys of runs started by this manager (older ones are looked up in the database)
+        self._dedupe: dict[str, str] = {}
         self._last_run_id = 0
         self._last_renewal = time.time()
         self.maintenance = False
@@ -142,6 +155,11 @@ class Core:
     def epoch(self) -> int:
         """The lease epoch this core acts under."""
         return self._lease.epoch
+
+    @property
+    def server_id(self) -> str:
+        """The server ID this core acts for."""
+        return self._settings.server_id
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -159,6 +177,10 @@ class Core:
             status.state, status.used_at = AgentState(state), used_at
             _take_inventory(status, orjson.loads(inventory))
         self._last_run_id = await self._store.last_run_id()
+        # Maintenance mode is a committed site setting, so a takeover keeps it.
+        self.maintenance = (await self._store.site_settings()).get(MAINTENANCE_KEY) == "on"
+        if self.maintenance:
+            logger.warning("the site is in maintenance mode: nothing new starts until it is turned off")
         mono = time.monotonic()
         for raw in await self._store.unfinished_runs():
             run = await self._restore_run(raw, mono)
@@ -179,7 +201,8 @@ class Core:
             return None
         jobnet = _jobnet_from_body(raw["jobnet"], body)
         run = Run.new(raw["run_id"], jobnet, raw["version"], raw["created_at"], raw["params"])
-        run.tenant = raw["tenant"]
+        run.tenant, run.state, run.ended_at = raw["tenant"], RunState(raw["state"]), raw["ended_at"]
+        run.held, run.dedupe_key = raw["held"], raw["dedupe_key"]
         for job_id, row in raw["jobs"].items():
             job = run.jobs.get(job_id)
             if job is not None:
@@ -197,10 +220,10 @@ class Core:
         return run
 
     async def _restore_job(self, run: Run, job: JobRun, row: tuple[Any, ...], mono: float) -> None:
-        state, job.attempts, job.exit_code, job.started_at, job.ended_at, job.reason = row[:6]
-        job.state = JobState(state)
-        if row[6] is not None:
-            job.current = _attempt_from_row(row[6:])
+        state, job.attempts, job.exit_code, job.started_at, job.ended_at, job.reason, bypassed = row[:7]
+        job.state, job.bypassed = JobState(state), bool(bypassed)
+        if row[7] is not None:
+            job.current = _attempt_from_row(row[7:])
         elif job.job.broadcast and job.state in ACTIVE_JOB_STATES:
             for member_row in await self._store.round_attempts(run.run_id, job.id, job.attempts):
                 member = _attempt_from_row(member_row)
@@ -230,10 +253,14 @@ class Core:
     async def turn(self, items: list[Item]) -> None:
         """Apply a group of items and commit them as one transaction."""
         changes, out = Changes(), Outbound()
+        visiting = await self._prepare(items)
         now, mono = time.time(), time.monotonic()
         for item in items:
             self._apply(item, changes, out, now, mono)
         self._dispatch_ready(changes, out, now, mono)
+        for run_id in visiting:  # finished runs loaded for a command that did not reopen them
+            if (run := self.runs.get(run_id)) is not None and run.state != RunState.RUNNING:
+                self.runs.pop(run_id)
         renew_due = now - self._last_renewal > self._settings.lease_s / 3
         if changes or renew_due:
             try:
@@ -271,9 +298,31 @@ class Core:
             except WireError as exc:
                 out.results.append((item.done, exc))
 
+    async def _prepare(self, items: list[Item]) -> list[str]:
+        """Load what commands need from the database before the turn: finished runs, earlier dedupe keys."""
+        visiting: list[str] = []
+        for item in items:
+            if not isinstance(item, Command):
+                continue
+            run_id = item.args.get("run")
+            if item.verb in RUN_COMMANDS and isinstance(run_id, str) and run_id not in self.runs and run_id.isdigit():
+                for raw in await self._store.load_runs([int(run_id)]):
+                    run = await self._restore_run(raw, time.monotonic())
+                    if run is not None:
+                        self.runs[run.run_id] = run
+                        visiting.append(run.run_id)
+            key = item.args.get("dedupe")
+            if item.verb == "run" and isinstance(key, str) and key not in self._dedupe:
+                found = await self._store.run_by_dedupe_key(key)
+                if found is not None:
+                    self._dedupe[key] = found
+        return visiting
+
     async def _send(self, out: Outbound) -> None:
         for reply, eids in out.acks:
             await self._sender.ack(reply, eids)
+        for subject, env in out.controls:
+            await self._sender.control(subject, env)
         if out.dispatches:
             self._sender.dispatch(out.dispatches)
         for run_id, jobs in out.changed_jobs.items():
@@ -288,10 +337,32 @@ class Core:
         for run in out.ended_runs:
             self.runs.pop(run.run_id, None)
 
-    def _changed(self, run: Run, job: JobRun, ch: Changes, out: Outbound) -> None:
+    def changed(self, run: Run, job: JobRun, ch: Changes, out: Outbound) -> None:
+        """Write the job's row this turn and publish its new state."""
         ch.job(run, job)
         out.progress[run.run_id] = run
         out.changed_jobs.setdefault(run.run_id, {})[job.id] = job
+
+    # Package-internal (changed, touch, requeue_ready, reopen, end_job, maybe_end_run): engine.control's
+    # operator commands change runs through these, as events do.
+
+    def touch(self, run: Run, out: Outbound) -> None:
+        """Publish the run's state with this turn's progress even if no job changed."""
+        out.progress[run.run_id] = run
+        out.changed_jobs.setdefault(run.run_id, {})
+
+    def requeue_ready(self, run: Run) -> None:
+        """Offer the run's ready jobs for dispatch again (after a release or a rerun)."""
+        self._ready.extend((run, j) for j in run.jobs.values() if j.state == JobState.READY)
+
+    def reopen(self, run: Run, ch: Changes, out: Outbound) -> None:
+        """A finished run runs again (rerun, or a status an operator set)."""
+        run.state, run.ended_at, run.stopping = RunState.RUNNING, None, False
+        run.recount()
+        self.runs[run.run_id] = run
+        ch.run(run)
+        self.touch(run, out)
+        self.requeue_ready(run)
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -303,6 +374,10 @@ class Core:
             return None
         found = self._attempts.get(aid)
         if found is None:
+            if env.kind == Kind.STARTED and aid in self.killed:
+                # Killed while it waited in its destination's queue, and a worker took it anyway.
+                kill = Envelope(Kind.CONTROL, self.server_id, {"action": "kill"}, self.epoch, run_id=env.run_id, ts=now)
+                out.controls.append((subjects.control(aid), kill))
             logger.debug("event %s for attempt %s that is not in flight: acked, changes nothing", env.kind, aid)
             return eid
         run, job = found
@@ -341,7 +416,7 @@ class Core:
             job.state = JobState.RUNNING
             job.started_at = attempt.started_at = env.ts or now
             job.reason = ""
-            self._changed(run, job, ch, out)
+            self.changed(run, job, ch, out)
         else:
             ch.job(run, job)  # a redelivered attempt started again elsewhere: record where
 
@@ -364,21 +439,21 @@ class Core:
         elif job.members:
             self._end_member(run, job, attempt, ch, out, now)
         else:
-            self._end_job(run, job, state, fin.exit_code, fin.reason, ch, out, now)
+            self.end_job(run, job, state, fin.exit_code, fin.reason, ch, out, now)
 
     def _end_member(self, run: Run, job: JobRun, attempt: Attempt, ch: Changes, out: Outbound, now: float) -> None:
         """A broadcast member ended; the job ends when every member did, succeeding only if all did."""
         self._untrack(attempt.attempt_id)
         if any(not m.status for m in job.members.values()):
-            self._changed(run, job, ch, out)
+            self.changed(run, job, ch, out)
             return
         failed = sorted(name for name, m in job.members.items() if m.status != JobStatus.SUCCEEDED)
         if not failed:
-            self._end_job(run, job, JobState.SUCCEEDED, 0, "", ch, out, now)
+            self.end_job(run, job, JobState.SUCCEEDED, 0, "", ch, out, now)
             return
         codes = [m.exit_code for m in job.members.values() if m.exit_code not in (0, None)]
         reason = "did not succeed on " + ", ".join(f"{n} ({job.members[n].status})" for n in failed)
-        self._end_job(run, job, JobState.FAILED, codes[0] if codes else None, reason, ch, out, now)
+        self.end_job(run, job, JobState.FAILED, codes[0] if codes else None, reason, ch, out, now)
 
     def _lose(self, run: Run, job: JobRun, attempt: Attempt, why: str, ch: Changes, out: Outbound, now: float) -> None:
         """An attempt's executor was lost: apply the restart table (the target's attribute, the job's setting)."""
@@ -394,16 +469,16 @@ class Core:
         if outcome == LostOutcome.RESTART:
             job.reason = f"{lost}; running again"
             run.set_state(job, JobState.READY)
-            self._changed(run, job, ch, out)
+            self.changed(run, job, ch, out)
             self._ready.append((run, job))
         elif outcome == LostOutcome.HOLD:
             job.reason = f"{lost}; held for the operator"
             run.set_state(job, JobState.HELD)
-            self._changed(run, job, ch, out)
+            self.changed(run, job, ch, out)
         else:
-            self._end_job(run, job, JobState.LOST, None, lost, ch, out, now)
+            self.end_job(run, job, JobState.LOST, None, lost, ch, out, now)
 
-    def _end_job(
+    def end_job(
         self,
         run: Run,
         job: JobRun,
@@ -414,24 +489,26 @@ class Core:
         out: Outbound,
         now: float,
     ) -> None:
+        """A job reached a final state: release or skip what comes after it, end the run if settled."""
         run.set_state(job, state)
         job.exit_code = exit_code
         job.ended_at = now
         job.reason = reason
         for attempt in job.live_attempts():
             self._untrack(attempt.attempt_id)
-        self._changed(run, job, ch, out)
-        if state == JobState.SUCCEEDED:
+        self.changed(run, job, ch, out)
+        if run.satisfied(job):
             for ready in run.release_dependants(job.id):
                 self._ready.append((run, ready))
-                self._changed(run, ready, ch, out)
+                self.changed(run, ready, ch, out)
         else:
             for skipped in run.skip_downstream(job.id):
                 skipped.ended_at = now
-                self._changed(run, skipped, ch, out)
-        self._maybe_end_run(run, ch, out, now)
+                self.changed(run, skipped, ch, out)
+        self.maybe_end_run(run, ch, out, now)
 
-    def _maybe_end_run(self, run: Run, ch: Changes, out: Outbound, now: float) -> None:
+    def maybe_end_run(self, run: Run, ch: Changes, out: Outbound, now: float) -> None:
+        """End the run if every job is final."""
         if run.state != RunState.RUNNING or not run.is_settled():
             return
         run.state = run.final_state()
@@ -458,7 +535,7 @@ class Core:
         if job.members:
             self._end_member(run, job, attempt, ch, out, now)
         else:
-            self._end_job(run, job, JobState.FAILED, None, f"refused: {reason}", ch, out, now)
+            self.end_job(run, job, JobState.FAILED, None, f"refused: {reason}", ch, out, now)
 
     def _on_dispatch_reply(self, item: DispatchReply, ch: Changes, out: Outbound, now: float, mono: float) -> None:
         queued = set(item.queued)
@@ -502,13 +579,13 @@ class Core:
             return
         ready, self._ready = self._ready, []
         for run, job in ready:
-            if job.state != JobState.READY or run.state != RunState.RUNNING:
-                continue
+            if job.state != JobState.READY or run.state != RunState.RUNNING or run.held:
+                continue  # a held run's ready jobs are offered again when it is released
             agents = self._agents_for(job)
             if isinstance(agents, str):  # no agent takes it now: it waits, saying why
                 if job.reason != agents:
                     job.reason = agents
-                    self._changed(run, job, ch, out)
+                    self.changed(run, job, ch, out)
                 self._ready.append((run, job))
                 continue
             job.attempts += 1
@@ -532,7 +609,7 @@ class Core:
                 status.used_at = now
                 status.running += 1  # until its next heartbeat says how busy it is
                 ch.agent_states[name] = (name, now, str(status.state), now)
-            self._changed(run, job, ch, out)
+            self.changed(run, job, ch, out)
 
     def _agents_for(self, job: JobRun) -> list[str] | str:
         """The agents a job goes to now ([] for a destination), or why it must wait."""
@@ -632,10 +709,11 @@ class Core:
         if cmd.verb == "run":
             return self._start_run(cmd.args, ch, out, now)
         if cmd.verb == "maintenance":
-            self.maintenance = bool(cmd.args.get("on"))
-            return {"maintenance": self.maintenance}
+            return self._set_maintenance(cmd.args.get("on"), ch)
         if cmd.verb == "agent":
             return self._agent_command(cmd.args, ch, out, now)
+        if cmd.verb in RUN_COMMANDS:
+            return self._run_command(cmd, ch, out, now)
         raise WireError(ErrorCode.INVALID, f"unknown command {cmd.verb!r}")
 
     def _apply_definitions(self, raw: Any, ch: Changes, now: float) -> dict[str, Any]:
@@ -675,6 +753,23 @@ class Core:
         if errors:
             raise WireError(ErrorCode.INVALID, "definitions refused:\n" + "\n".join(errors))
 
+    def _run_command(self, cmd: Command, ch: Changes, out: Outbound, now: float) -> dict[str, Any]:
+        run_id, job = cmd.args.get("run"), cmd.args.get("job")
+        run = self.runs.get(run_id) if isinstance(run_id, str) else None
+        if run is None:
+            raise WireError(ErrorCode.NOT_FOUND, f"no run {run_id!r}")
+        if cmd.verb == "hold":
+            return control.hold(self, run, job, ch, out)
+        if cmd.verb == "release":
+            return control.release(self, run, job, ch, out)
+        if cmd.verb == "skip":
+            return control.skip(self, run, job, ch, out, now)
+        if cmd.verb == "kill":
+            return control.kill(self, run, job, ch, out, now)
+        if cmd.verb == "rerun":
+            return control.rerun(self, run, cmd.args, ch, out)
+        return control.set_status(self, run, job, cmd.args.get("state"), ch, out, now)
+
     def _agent_command(self, args: dict[str, Any], ch: Changes, out: Outbound, now: float) -> dict[str, Any]:
         """hold, release, block, cleanup or unregister a standard agent."""
         name, action = args.get("name"), args.get("action")
@@ -701,7 +796,22 @@ class Core:
                     lost += 1
         return {"agent": name, "state": str(status.state), "attempts_lost": lost}
 
+    def _set_maintenance(self, on: Any, ch: Changes) -> dict[str, Any]:
+        if not isinstance(on, bool):
+            raise WireError(ErrorCode.INVALID, "maintenance needs 'on': true or false")
+        if on != self.maintenance:
+            ch.settings[MAINTENANCE_KEY] = "on" if on else "off"
+            logger.warning("maintenance mode %s", "on: nothing new starts" if on else "off")
+        self.maintenance = on
+        held = sum(1 for _, job in self._ready if job.state == JobState.READY) if on else 0
+        return {"maintenance": on, "jobs_held": held}
+
     def _start_run(self, args: dict[str, Any], ch: Changes, out: Outbound, now: float) -> dict[str, Any]:
+        if self.maintenance:
+            raise WireError(
+                ErrorCode.CONFLICT,
+                "the site is in maintenance mode: no run starts until 'ekiden site maintenance off'",
+            )
         name = args.get("jobnet")
         params = args.get("params") or {}
         if not isinstance(name, str) or name not in self.jobnets:
@@ -710,17 +820,26 @@ class Core:
             isinstance(k, str) and isinstance(v, str) for k, v in params.items()
         ):
             raise WireError(ErrorCode.INVALID, "params must map names to strings")
+        key = args.get("dedupe")
+        if key is not None and not isinstance(key, str):
+            raise WireError(ErrorCode.INVALID, "dedupe must be a string")
+        if key is not None and key in self._dedupe:
+            earlier = self._dedupe[key]
+            return {"run": earlier, "jobnet": name, "deduplicated": True}
         version, jobnet, _ = self.jobnets[name]
         self._last_run_id += 1
         run = Run.new(str(self._last_run_id), jobnet, version, now, params)
+        run.held, run.dedupe_key = bool(args.get("hold")), key
+        if key is not None:
+            self._dedupe[key] = run.run_id
         self.runs[run.run_id] = run
         ch.run(run)
         for job in run.jobs.values():
-            self._changed(run, job, ch, out)
+            self.changed(run, job, ch, out)
             if job.state == JobState.READY:
                 self._ready.append((run, job))
-        logger.info("run %s of %s v%d started", run.run_id, name, version)
-        return {"run": run.run_id, "jobnet": name, "version": version}
+        logger.info("run %s of %s v%d started%s", run.run_id, name, version, " held" if run.held else "")
+        return {"run": run.run_id, "jobnet": name, "version": version, "held": run.held}
 
 
 def _attempt_from_row(row: tuple[Any, ...]) -> Attempt:

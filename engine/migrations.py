@@ -51,6 +51,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN dedupe_key TEXT;
+    ALTER TABLE jobs ADD COLUMN bypassed INTEGER NOT NULL DEFAULT 0;
     CREATE UNIQUE INDEX runs_by_dedupe_key ON runs(dedupe_key) WHERE dedupe_key IS NOT NULL;
     CREATE TABLE audit(
         id INTEGER PRIMARY KEY, ts REAL NOT NULL, who TEXT NOT NULL, origin TEXT NOT NULL, action TEXT NOT NULL,

@@ -54,6 +54,8 @@ class JobRun:
     members: dict[str, Attempt] = field(default_factory=dict)
     #: why the job is where it is (shown in status): refusal, unreachable target, skip cause
     reason: str = ""
+    #: skipped by an operator: the jobs after it go on as if it had succeeded
+    bypassed: bool = False
 
     @property
     def id(self) -> str:
@@ -87,6 +89,12 @@ class Run:
     params: dict[str, str] = field(default_factory=dict)
     #: jobs not yet in a final state; the run is settled when none is left
     remaining: int = 0
+    #: held by an operator: nothing new starts until it is released
+    held: bool = False
+    #: killed by an operator: it ends stopped
+    stopping: bool = False
+    #: the submitter's dedupe key: a second submission with it returns this run
+    dedupe_key: str | None = None
 
     @classmethod
     def new(cls, run_id: str, jobnet: Jobnet, version: int, now: float, params: dict[str, str]) -> "Run":
@@ -132,9 +140,34 @@ class Run:
 
     def final_state(self) -> RunState:
         """The state the run ends in once settled."""
-        if all(j.state == JobState.SUCCEEDED for j in self.jobs.values()):
+        if self.stopping:
+            return RunState.STOPPED
+        if all(self.satisfied(j) for j in self.jobs.values()):
             return RunState.SUCCEEDED
         return RunState.FAILED
+
+    @staticmethod
+    def satisfied(job: JobRun) -> bool:
+        """Whether the jobs after ``job`` may start: it succeeded, or an operator skipped it."""
+        return job.state == JobState.SUCCEEDED or (job.state == JobState.SKIPPED and job.bypassed)
+
+    def reset(self, job: JobRun, ignore_after: bool = False) -> None:
+        """Make a job runnable again (rerun): waiting for what it comes after, or ready."""
+        job.pending = 0 if ignore_after else sum(1 for d in job.job.after if not self.satisfied(self.jobs[d]))
+        self.set_state(job, JobState.READY if job.pending == 0 else JobState.WAITING)
+        job.exit_code = job.started_at = job.ended_at = None
+        job.current, job.members, job.reason, job.bypassed = None, {}, "", False
+
+    def downstream(self, job_id: str) -> list[JobRun]:
+        """Every job after ``job_id``, transitively, in no particular order."""
+        seen: dict[str, JobRun] = {}
+        stack = list(self.dependants.get(job_id, ()))
+        while stack:
+            dep_id = stack.pop()
+            if dep_id not in seen:
+                seen[dep_id] = self.jobs[dep_id]
+                stack.extend(self.dependants.get(dep_id, ()))
+        return list(seen.values())
 
     def release_dependants(self, job_id: str) -> list[JobRun]:
         """A job succeeded: count it off its dependants and return those that became ready."""

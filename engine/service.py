@@ -2,16 +2,19 @@
 
 A manager that does not hold the lease is a standby: it looks at the lease every ``standby_poll_s``
 and takes it once it has expired. A manager that finds its lease gone (a fenced commit failed) stops
-at once and goes back to standby.
+at once, leaves the queue groups, and goes back to standby. Every manager keeps its row in ``managers``
+fresh for the operator's view: a standby on its poll, the active one with each lease renewal.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 
 from engine.api import Api
 from engine.core import Core, EventsIn, Item, Registered, Tick
@@ -19,6 +22,7 @@ from engine.dispatcher import Dispatcher
 from engine.errors import LeaseLostError
 from engine.runs import JobRun, Run
 from engine.settings import ManagerSettings
+from engine.sitefile import SEEN_INTERVAL_S
 from engine.store import Lease, SiteQueries, Store
 from runtime.bus import connection, subscribe
 from runtime.service import wait_or_stop
@@ -42,6 +46,7 @@ async def serve(settings: ManagerSettings, stop: asyncio.Event) -> None:
     store = await Store.open(settings.db_path)
     holder = f"{settings.host}:{settings.pid}:{uuid.uuid4().hex[:8]}"
     try:
+        await store.claim_server_id(settings.server_id)
         async with connection(settings.bus) as nc:
             while not stop.is_set():
                 lease = await _wait_for_lease(store, settings, holder, stop)
@@ -51,17 +56,23 @@ async def serve(settings: ManagerSettings, stop: asyncio.Event) -> None:
                     await _serve_active(store, nc, settings, lease, stop)
                 except* LeaseLostError:
                     logger.error("lease lost at epoch %d: stopped dispatching, back to standby", lease.epoch)
+        await store.mark_seen(holder, settings.host, settings.pid, "stopped", time.time())
     finally:
         await store.close()
 
 
 async def _wait_for_lease(store: Store, settings: ManagerSettings, holder: str, stop: asyncio.Event) -> Lease | None:
     announced = False
+    seen_at = 0.0
     while not stop.is_set():
-        lease = await store.try_acquire(holder, settings.host, settings.pid, time.time(), settings.lease_s)
+        now = time.time()
+        lease = await store.try_acquire(holder, settings.host, settings.pid, now, settings.lease_s)
         if lease is not None:
             logger.info("active for server id %s at epoch %d", settings.server_id, lease.epoch)
             return lease
+        if now - seen_at >= SEEN_INTERVAL_S:  # for the operator's view: standbys seen
+            await store.mark_seen(holder, settings.host, settings.pid, "standby", now)
+            seen_at = now
         if not announced:
             current = await store.lease()
             logger.info(
@@ -88,6 +99,9 @@ class _NatsSender:
 
     def dispatch(self, dispatches: list[tuple[str, Envelope]]) -> None:
         self._dispatcher.submit(dispatches)
+
+    async def control(self, subject: str, envelope: Envelope) -> None:
+        await self._nc.publish(subject, encode_one(envelope))
 
     async def progress(self, run: Run, jobs: list[JobRun]) -> None:
         payload = {
@@ -123,6 +137,7 @@ async def _serve_active(store: Store, nc: Client, settings: ManagerSettings, lea
         await subscribe(nc, subjects.ALL_AGENT_HEARTBEATS),
     ]
     api_sub = await subscribe(nc, subjects.api_all(sid), subjects.MANAGER_QUEUE)
+    subs = [*intake, api_sub]
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(core.run())
@@ -138,8 +153,7 @@ async def _serve_active(store: Store, nc: Client, settings: ManagerSettings, lea
             )
             await stop.wait()
             # Stop intake first, then let the core commit and send what it already took.
-            for sub in [*intake, api_sub]:
-                await sub.unsubscribe()
+            await _unsubscribe(subs)
             try:
                 async with asyncio.timeout(settings.shutdown_grace_s):
                     await core.queue.join()
@@ -148,8 +162,18 @@ async def _serve_active(store: Store, nc: Client, settings: ManagerSettings, lea
             raise _Stopped
     except* _Stopped:
         pass
+    finally:
+        # On a lost lease too: a queue-group member that reads nothing would swallow its share of the
+        # events and API requests meant for the new active manager.
+        await _unsubscribe(subs)
     await store.release(lease.holder, lease.epoch)
     logger.info("gave up the lease at epoch %d", lease.epoch)
+
+
+async def _unsubscribe(subs: list[Subscription]) -> None:
+    for sub in subs:
+        with contextlib.suppress(NatsError):  # already unsubscribed, or the connection is gone
+            await sub.unsubscribe()
 
 
 async def _take_events(sub: Subscription, queue: "asyncio.Queue[Item]") -> None:

@@ -115,14 +115,15 @@ _UPSERT_MANAGER = (
     " ON CONFLICT(holder) DO UPDATE SET role=excluded.role, seen_at=excluded.seen_at"
 )
 _UPSERT_RUN = """
-INSERT INTO runs(run_id, jobnet, version, state, tenant, params, created_at, ended_at) VALUES (?,?,?,?,?,?,?,?)
-ON CONFLICT(run_id) DO UPDATE SET state=excluded.state, ended_at=excluded.ended_at"""
+INSERT INTO runs(run_id, jobnet, version, state, tenant, params, created_at, ended_at, held, dedupe_key)
+VALUES (?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT(run_id) DO UPDATE SET state=excluded.state, ended_at=excluded.ended_at, held=excluded.held"""
 _UPSERT_JOB = """
-INSERT INTO jobs(run_id, job_id, state, attempts, attempt_id, exit_code, started_at, ended_at, reason)
-VALUES (?,?,?,?,?,?,?,?,?)
+INSERT INTO jobs(run_id, job_id, state, attempts, attempt_id, exit_code, started_at, ended_at, reason, bypassed)
+VALUES (?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(run_id, job_id) DO UPDATE SET state=excluded.state, attempts=excluded.attempts,
 attempt_id=excluded.attempt_id, exit_code=excluded.exit_code, started_at=excluded.started_at,
-ended_at=excluded.ended_at, reason=excluded.reason"""
+ended_at=excluded.ended_at, reason=excluded.reason, bypassed=excluded.bypassed"""
 _UPSERT_ATTEMPT = """
 INSERT INTO attempts(attempt_id, run_id, job_id, n, target, dispatched_at, accepted_at, started_at, finished_at,
 reported_at, status, exit_code, host, pid, reason, stdout, stderr, truncated_bytes, queued_at)
@@ -386,25 +387,49 @@ class Store:
 
     async def unfinished_runs(self) -> list[dict[str, Any]]:
         """Every run still running, with its jobs and their current attempts, for recovery."""
+        return await self.load_runs(None)
+
+    async def run_by_dedupe_key(self, key: str) -> str | None:
+        """The run started with this dedupe key, if any."""
+        async with self._w.execute("SELECT run_id FROM runs WHERE dedupe_key=?", (key,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def load_runs(self, run_ids: list[int] | None) -> list[dict[str, Any]]:
+        """Runs with their jobs and their current attempts: these IDs, or every running one (``None``)."""
         runs: list[dict[str, Any]] = []
+        where, params = (
+            ("state='running'", ())
+            if run_ids is None
+            else (
+                f"run_id IN ({','.join('?' * len(run_ids))})",
+                tuple(run_ids),
+            )
+        )
         async with self._w.execute(
-            "SELECT run_id, jobnet, version, tenant, params, created_at FROM runs WHERE state='running'"
+            "SELECT run_id, jobnet, version, tenant, params, created_at, state, ended_at, held, dedupe_key"
+            f" FROM runs WHERE {where}",
+            params,
         ) as cur:
-            async for run_id, jobnet, version, tenant, params, created_at in cur:
+            async for run_id, jobnet, version, tenant, run_params, created_at, state, ended_at, held, key in cur:
                 runs.append(
                     {
                         "run_id": str(run_id),
                         "jobnet": jobnet,
                         "version": version,
                         "tenant": tenant,
-                        "params": orjson.loads(params),
+                        "params": orjson.loads(run_params),
                         "created_at": created_at,
+                        "state": state,
+                        "ended_at": ended_at,
+                        "held": bool(held),
+                        "dedupe_key": key,
                         "jobs": {},
                     }
                 )
         for run in runs:
             async with self._w.execute(
-                "SELECT j.job_id, j.state, j.attempts, j.exit_code, j.started_at, j.ended_at, j.reason,"
+                "SELECT j.job_id, j.state, j.attempts, j.exit_code, j.started_at, j.ended_at, j.reason, j.bypassed,"
                 f" {_ATTEMPT_COLUMNS}"
                 " FROM jobs j LEFT JOIN attempts a ON a.attempt_id = j.attempt_id WHERE j.run_id=?",
                 (int(run["run_id"]),),
@@ -450,12 +475,25 @@ def _run_row(r: Run) -> tuple[Any, ...]:
         orjson.dumps(r.params).decode(),
         r.created_at,
         r.ended_at,
+        int(r.held),
+        r.dedupe_key,
     )
 
 
 def _job_row(r: Run, j: JobRun) -> tuple[Any, ...]:
     aid = j.current.attempt_id if j.current else None
-    return (int(r.run_id), j.id, str(j.state), j.attempts, aid, j.exit_code, j.started_at, j.ended_at, j.reason)
+    return (
+        int(r.run_id),
+        j.id,
+        str(j.state),
+        j.attempts,
+        aid,
+        j.exit_code,
+        j.started_at,
+        j.ended_at,
+        j.reason,
+        int(j.bypassed),
+    )
 
 
 def _attempt_row(r: Run, j: JobRun, a: Attempt) -> tuple[Any, ...]:

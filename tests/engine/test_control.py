@@ -1,0 +1,188 @@
+"""Operator commands on running work, against a real manager, NATS and site database."""
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from schemas import subjects
+from schemas.codec import decode
+from schemas.errors import ErrorCode, WireError
+from schemas.messages import Finished, JobStatus, Kind, event_for
+from tests.engine.helpers import chain_definitions, running_manager, scripted_agent, wait_for_run
+
+
+async def _states(api: Any, run: str) -> dict[str, str]:
+    doc = await api.call("status", run=run)
+    return {j["id"]: j["state"] for j in doc["jobs"]}
+
+
+async def test_a_run_started_held_dispatches_nothing_until_released(
+    site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str
+) -> None:
+    name = f"a{uid}"
+    async with running_manager(site_dir, sid, nats_url) as api, scripted_agent(nc, name) as agent:
+        await api.call("apply", definitions=chain_definitions(name, ["a", "b"]))
+        started = await api.call("run", jobnet="chain", hold=True)
+        run = started["run"]
+        assert started["held"] is True
+        await asyncio.sleep(0.3)
+        assert agent.dispatches == []
+        with pytest.raises(WireError) as again:
+            await api.call("hold", run=run)
+        assert again.value.code == ErrorCode.CONFLICT
+        await api.call("release", run=run)
+        await agent.wait_for(1)
+        await agent.run_job("a")
+        await agent.wait_for(2)
+        await agent.run_job("b")
+        assert (await wait_for_run(api, run))["state"] == "succeeded"
+
+
+async def test_hold_and_release_a_job_and_refusals_that_name_the_state(
+    site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str
+) -> None:
+    name = f"a{uid}"
+    async with running_manager(site_dir, sid, nats_url) as api, scripted_agent(nc, name) as agent:
+        await api.call("apply", definitions=chain_definitions(name, ["a", "b"]))
+        run = (await api.call("run", jobnet="chain"))["run"]
+        await agent.wait_for(1)
+        with pytest.raises(WireError) as running:
+            await api.call("hold", run=run, job="a")
+        assert "only a waiting or ready job can be held" in running.value.message
+        assert (await api.call("hold", run=run, job="b"))["state"] == "held"
+        await agent.run_job("a")
+        await asyncio.sleep(0.3)
+        assert (await _states(api, run)) == {"a": "succeeded", "b": "held"}
+        assert len(agent.dispatches) == 1
+        await api.call("release", run=run, job="b")
+        await agent.wait_for(2)
+        await agent.run_job("b")
+        assert (await wait_for_run(api, run))["state"] == "succeeded"
+        with pytest.raises(WireError) as missing:
+            await api.call("release", run=run, job="nope")
+        assert missing.value.code == ErrorCode.NOT_FOUND
+
+
+async def test_skip_lets_the_jobs_after_it_run(site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str) -> None:
+    name = f"a{uid}"
+    async with running_manager(site_dir, sid, nats_url) as api, scripted_agent(nc, name) as agent:
+        await api.call("apply", definitions=chain_definitions(name, ["a", "b", "c"]))
+        run = (await api.call("run", jobnet="chain"))["run"]
+        await agent.wait_for(1)
+        with pytest.raises(WireError) as active:
+            await api.call("skip", run=run, job="a")
+        assert "kill it first" in active.value.message
+        await api.call("skip", run=run, job="b")
+        await agent.run_job("a")
+        await agent.wait_for(2)
+        assert agent.dispatches[-1].payload["job"] == "c"
+        await agent.run_job("c")
+        doc = await wait_for_run(api, run)
+    assert doc["state"] == "succeeded"
+    assert [(j["id"], j["state"]) for j in doc["jobs"]] == [("a", "succeeded"), ("b", "skipped"), ("c", "succeeded")]
+
+
+async def test_kill_reaches_the_executor_and_a_killed_run_ends_stopped(
+    site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str
+) -> None:
+    name = f"a{uid}"
+    defs = {
+        "jobnet": {
+            "k": {
+                "job": [
+                    {"id": "long", "cmd": ["sleep", "60"], "agent": name},
+                    {"id": "queued", "cmd": ["true"], "agent": name},
+                    {"id": "after", "cmd": ["true"], "agent": name, "after": ["long"]},
+                ]
+            }
+        }
+    }
+    kills = await nc.subscribe(subjects.control_all())
+    async with running_manager(site_dir, sid, nats_url) as api, scripted_agent(nc, name) as agent:
+        await api.call("apply", definitions=defs)
+        run = (await api.call("run", jobnet="k"))["run"]
+        await agent.wait_for(2)
+        long = agent.dispatch_of("long")
+        await agent.report([event_for(long, Kind.STARTED, {"host": "h", "pid": 7}, time.time())])
+        await asyncio.sleep(0.2)
+        assert (await api.call("kill", run=run))["killed"] == 2
+        seen = set()
+        async with asyncio.timeout(10):
+            while len(seen) < 2:
+                msg = await kills.next_msg(timeout=10)
+                assert decode(msg.data)[0].payload == {"action": "kill"}
+                seen.add(msg.subject)
+        assert seen == {
+            subjects.control(long.payload["attempt_id"]),
+            subjects.control(agent.dispatch_of("queued").payload["attempt_id"]),
+        }
+        # The executor kills the process group and reports it killed.
+        fin = Finished(long.payload["attempt_id"], JobStatus.KILLED, -15, host="h")
+        await agent.report([event_for(long, Kind.FINISHED, fin.to_wire(), time.time())])
+        doc = await wait_for_run(api, run)
+    assert doc["state"] == "stopped"
+    assert {j["id"]: j["state"] for j in doc["jobs"]} == {"long": "killed", "queued": "killed", "after": "skipped"}
+
+
+async def test_rerun_from_a_failed_job_leaves_earlier_successes_alone(
+    site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str
+) -> None:
+    name = f"a{uid}"
+    async with running_manager(site_dir, sid, nats_url) as api, scripted_agent(nc, name) as agent:
+        await api.call("apply", definitions=chain_definitions(name, ["a", "b", "c"]))
+        run = (await api.call("run", jobnet="chain"))["run"]
+        await agent.wait_for(1)
+        await agent.run_job("a")
+        await agent.wait_for(2)
+        await agent.run_job("b", exit_code=2)
+        assert (await wait_for_run(api, run))["state"] == "failed"
+        with pytest.raises(WireError):
+            await api.call("rerun", run=run, mode="sideways")
+        result = await api.call("rerun", run=run, mode="from", job="b")
+        assert result["rerun"] == ["b", "c"]
+        await agent.wait_for(3)
+        await agent.run_job("b")
+        await agent.wait_for(4)
+        await agent.run_job("c")
+        doc = await wait_for_run(api, run)
+    assert doc["state"] == "succeeded"
+    assert [(j["id"], j["attempts"]) for j in doc["jobs"]] == [("a", 1), ("b", 2), ("c", 1)]
+    assert [d.payload["job"] for d in agent.dispatches] == ["a", "b", "b", "c"]
+
+
+async def test_set_status_by_hand_reopens_the_run_and_lets_the_rest_run(
+    site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str
+) -> None:
+    name = f"a{uid}"
+    async with running_manager(site_dir, sid, nats_url) as api, scripted_agent(nc, name) as agent:
+        await api.call("apply", definitions=chain_definitions(name, ["a", "b"]))
+        run = (await api.call("run", jobnet="chain"))["run"]
+        await agent.wait_for(1)
+        await agent.run_job("a", exit_code=1)
+        assert (await wait_for_run(api, run))["state"] == "failed"
+        assert (await api.call("set_status", run=run, job="a", state="succeeded"))["reopened"] is True
+        await agent.wait_for(2)
+        await agent.run_job("b")
+        doc = await wait_for_run(api, run)
+    assert [(j["id"], j["state"]) for j in doc["jobs"]] == [("a", "succeeded"), ("b", "succeeded")]
+    assert doc["state"] == "succeeded"
+
+
+async def test_a_retried_submission_with_a_dedupe_key_never_starts_a_second_run(
+    site_dir: Path, sid: str, nats_url: str, uid: str
+) -> None:
+    defs = chain_definitions(f"a{uid}", ["a"])
+    async with running_manager(site_dir, sid, nats_url) as api:
+        await api.call("apply", definitions=defs)
+        first = await api.call("run", jobnet="chain", dedupe="nightly-2026-11-22", hold=True)
+        second = await api.call("run", jobnet="chain", dedupe="nightly-2026-11-22", hold=True)
+    assert second["run"] == first["run"]
+    async with running_manager(site_dir, sid, nats_url) as api:  # a new manager finds it in the database
+        third = await api.call("run", jobnet="chain", dedupe="nightly-2026-11-22", hold=True)
+        runs = await api.call("runs", limit=10)
+    assert third["run"] == first["run"]
+    assert len(runs) == 1
