@@ -93,13 +93,13 @@ class Attempts:
         """Slots free now."""
         return self.capacity - self.busy
 
-    def take(self) -> None:
-        """Take a slot.
+    def take(self, over: bool = False) -> None:
+        """Take a slot; with ``over``, even when none is free (for a job that was already delivered).
 
         Raises:
-            RuntimeError: none is free (a caller's bug).
+            RuntimeError: none is free and ``over`` is not set (a caller's bug).
         """
-        if self.busy >= self.capacity:
+        if self.busy >= self.capacity and not over:
             raise RuntimeError("no free slot")
         self.busy += 1
         self._changed.set()

@@ -14,3 +14,12 @@ class CallTargetError(AgentError):
         self.target = target
         self.why = why
         super().__init__(f"call target {target!r}: {why}")
+
+
+class RunAsError(AgentError):
+    """A job asks to run as an OS user this agent may not switch to; the attempt is refused, never run."""
+
+    def __init__(self, user: str, why: str) -> None:
+        self.user = user
+        self.why = why
+        super().__init__(f"cannot run as user {user!r}: {why}")

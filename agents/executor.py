@@ -1,15 +1,25 @@
-"""The executor: runs one attempt (a command, a shell line or a Python call) and says how it ended."""
+"""The executor: runs one attempt (a command, a shell line or a Python call) and says how it ended.
+
+What a job runs is never built from text: an argv job is exec'd as its list of arguments, a shell line runs
+only when its definition says ``shell = true``, and run parameters reach a job as environment variables
+(``EKIDEN_PARAM_<NAME>``), never spliced into a command. A job gets the agent's variables that its
+allow-list passes (never the agent's own ``EKIDEN_*`` configuration), then its own on top; it runs as
+another OS user only if it asks to and the agent may switch to that user (``agents.identity``).
+"""
 
 import asyncio
 import logging
 import os
 import socket
 import time
+from collections.abc import Collection, Mapping
 
 from agents.calls import CallTargets, invoke
-from agents.errors import CallTargetError
+from agents.errors import CallTargetError, RunAsError
+from agents.identity import resolve_user
 from agents.outcome import Interrupted, Outcome, race
 from agents.processes import OnStarted, ProcessRunner
+from agents.settings import AgentSettings, default_job_env
 from schemas.messages import Finished, JobSpec, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -25,17 +35,35 @@ SHELL = "/bin/sh"
 class Executor:
     """Runs attempts. One executor serves every attempt of a process; call targets are imported once."""
 
-    def __init__(self, kill_grace_s: float = KILL_GRACE_S, pipe_close_s: float = PIPE_CLOSE_S, host: str = "") -> None:
-        """Set how jobs are stopped.
+    def __init__(
+        self,
+        kill_grace_s: float = KILL_GRACE_S,
+        pipe_close_s: float = PIPE_CLOSE_S,
+        host: str = "",
+        job_env: Mapping[str, str] | None = None,
+        allow_users: Collection[str] = (),
+    ) -> None:
+        """Set how jobs are stopped, what environment they get and whom they may run as.
 
         Args:
             kill_grace_s: seconds between SIGTERM and SIGKILL for a job that timed out or is killed.
             pipe_close_s: seconds to wait for output after a job's leader exited, before its group is killed.
             host: the host name put in results (default: this host's).
+            job_env: the agent's variables every job gets (default: the default allow-list's).
+            allow_users: OS users a job may ask to run as (honoured only when this process is root).
         """
         self._processes = ProcessRunner(kill_grace_s, pipe_close_s)
         self._calls = CallTargets()
         self.host = host or socket.gethostname()
+        self._job_env = dict(job_env) if job_env is not None else default_job_env()
+        self._allow_users = frozenset(allow_users)
+
+    @classmethod
+    def from_settings(cls, settings: AgentSettings) -> "Executor":
+        """The executor an agent's settings describe."""
+        return cls(
+            settings.kill_grace_s, settings.pipe_close_s, job_env=settings.job_env, allow_users=settings.allow_users
+        )
 
     async def run(
         self, spec: JobSpec, kill: asyncio.Event | None = None, on_started: OnStarted | None = None
@@ -53,14 +81,13 @@ class Executor:
         kill = kill if kill is not None else asyncio.Event()
         started = time.monotonic()
         if spec.call is not None:
-            outcome = await self._run_call(spec, spec.call, kill, on_started)
-        else:
-            argv = list(spec.argv) if spec.argv is not None else [SHELL, "-c", spec.shell or ""]
-            # The child inherits this process's environment, with the job's own variables on top.
-            env = {**os.environ, **spec.env}
-            outcome = await self._processes.run(
-                argv, env, spec.cwd, spec.output_limit_bytes, spec.timeout_s, kill, on_started
+            outcome = (
+                Outcome.error(f"cannot run as user {spec.user!r}: a call job runs inside the agent")
+                if spec.user is not None
+                else await self._run_call(spec, spec.call, kill, on_started)
             )
+        else:
+            outcome = await self._run_process(spec, kill, on_started)
         finished = Finished(
             attempt_id=spec.attempt_id,
             status=outcome.status,
@@ -74,6 +101,22 @@ class Executor:
         )
         logger.debug("attempt %s: %s (exit %s)", spec.attempt_id, finished.status, finished.exit_code)
         return finished
+
+    async def _run_process(self, spec: JobSpec, kill: asyncio.Event, on_started: OnStarted | None) -> Outcome:
+        argv = list(spec.argv) if spec.argv is not None else [SHELL, "-c", spec.shell or ""]
+        env = {**self._job_env, **spec.env}
+        cwd, switch = spec.cwd, None
+        if spec.user is not None:
+            try:
+                run_as = resolve_user(spec.user, self._allow_users)
+            except RunAsError as exc:
+                logger.warning("attempt %s refused: %s", spec.attempt_id, exc)
+                return Outcome.error(str(exc))
+            env.update(run_as.env())
+            cwd, switch = cwd or run_as.workdir, run_as.switcher()
+        return await self._processes.run(
+            argv, env, cwd, spec.output_limit_bytes, spec.timeout_s, kill, on_started, preexec_fn=switch
+        )
 
     async def _run_call(self, spec: JobSpec, target: str, kill: asyncio.Event, on_started: OnStarted | None) -> Outcome:
         try:

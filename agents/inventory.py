@@ -40,3 +40,24 @@ class Inventory:
     def payload(self, running: int) -> dict[str, Any]:
         """The payload of a register or heartbeat envelope."""
         return {**self._fixed, "labels": {}, "running": running}
+
+
+def worker_presence(
+    name: str, dest: str, slots: int, running: int, heartbeat_s: float, leaving: bool = False
+) -> dict[str, Any]:
+    """The payload of a destination worker's REGISTER heartbeat on ``subjects.dest_heartbeat(dest)``.
+
+    ``heartbeat_s`` lets the relay judge liveness by this worker's own interval; ``leaving`` (sent once
+    when the worker stops) lets it stop counting the worker at once.
+    """
+    return {
+        "name": name,
+        "kind": "worker",
+        "dest": dest,
+        "host": socket.gethostname(),
+        "slots": slots,
+        "running": running,
+        "version": _version(),
+        "heartbeat_s": heartbeat_s,
+        "leaving": leaving,
+    }

@@ -79,6 +79,7 @@ class ProcessRunner:
         timeout_s: float | None,
         kill: asyncio.Event,
         on_started: OnStarted | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> Outcome:
         """Run ``argv`` to its end, its timeout or ``kill``; never raises for a job that fails or cannot start.
 
@@ -90,6 +91,7 @@ class ProcessRunner:
             timeout_s: seconds the job may run (None: no limit).
             kill: set to stop the job.
             on_started: awaited with the process ID once it runs.
+            preexec_fn: run in the child before exec (switching to another user); None: nothing.
         """
         loop = asyncio.get_running_loop()
         # loop.subprocess_exec is what asyncio.create_subprocess_exec wraps; calling it directly lets the
@@ -104,6 +106,7 @@ class ProcessRunner:
                 env=dict(env),
                 cwd=cwd,
                 start_new_session=True,
+                preexec_fn=preexec_fn,
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return Outcome.error(f"cannot start {argv[0]!r}: {exc}")

@@ -16,6 +16,7 @@ from nats.errors import Error as NatsError
 from agents.attempts import Attempt
 from agents.executor import Executor
 from runtime.bus import reply
+from runtime.epochs import EpochFence
 from runtime.outbox import EventOutbox, eid_of
 from schemas import subjects
 from schemas.codec import decode, encode_one, error_reply
@@ -56,8 +57,11 @@ async def stop_consuming(sub: Subscription, consumer: "asyncio.Task[None]") -> N
         consumer.cancel()
 
 
-def hello_handler(outbox: EventOutbox, on_hello: Hook | None = None) -> Handler:
-    """A handler for ``subjects.hello_all()``: a manager became active, so send every unacked event again."""
+def hello_handler(outbox: EventOutbox, on_hello: Hook | None = None, fence: EpochFence | None = None) -> Handler:
+    """A handler for ``subjects.hello_all()``: a manager became active, so send every unacked event again.
+
+    With a ``fence``, the hello's epoch is remembered, so dispatches from the manager it replaced are refused.
+    """
 
     async def handle(msg: Msg) -> None:
         try:
@@ -66,6 +70,9 @@ def hello_handler(outbox: EventOutbox, on_hello: Hook | None = None) -> Handler:
             logger.warning("bad hello on %s: %s", msg.subject, exc)
             await reply(msg, error_reply(exc, ts=time.time()))
             return
+        if fence is not None:
+            for env in envs:
+                fence.see_hello(env)
         if any(env.kind == Kind.HELLO for env in envs):
             logger.info("hello on %s: resending %d unacked event(s)", msg.subject, len(outbox))
             outbox.resend_all()

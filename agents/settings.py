@@ -1,16 +1,36 @@
 """Settings of a standard agent or destination worker, built once from the command line and EKIDEN_* variables."""
 
 import argparse
+import fnmatch
 import os
 import socket
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from runtime.bus import BusSettings
 from schemas.names import is_valid_name
 
 #: Attempt IDs a standard agent remembers, to accept a repeated dispatch without running it again.
 DEDUPE_MEMORY = 100_000
+#: The agent's own variables that its jobs get (glob patterns); ``--env-allow`` adds more.
+DEFAULT_ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "TERM")
+#: The agent's own configuration (its NATS credentials among it): never passed to a job, whatever is allowed.
+NEVER_PASSED = "EKIDEN_*"
+
+
+def inherited_env(environ: Mapping[str, str], patterns: Iterable[str]) -> dict[str, str]:
+    """The agent's variables a job gets: those matching a pattern, never ``EKIDEN_*``."""
+    pats = tuple(patterns)
+    return {
+        k: v
+        for k, v in environ.items()
+        if not fnmatch.fnmatchcase(k, NEVER_PASSED) and any(fnmatch.fnmatchcase(k, p) for p in pats)
+    }
+
+
+def default_job_env() -> dict[str, str]:
+    """What a job gets of this process's environment under the default allow-list."""
+    return inherited_env(os.environ, DEFAULT_ENV_ALLOW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +61,10 @@ class AgentSettings:
     dedupe_memory: int = DEDUPE_MEMORY
     log_level: str = "INFO"
     log_json: bool = False
+    #: OS users a job may ask to run as (``user`` in its definition); honoured only when running as root.
+    allow_users: frozenset[str] = frozenset()
+    #: The variables of this process that every job gets (see ``inherited_env``); the job's own come on top.
+    job_env: dict[str, str] = field(default_factory=default_job_env)
 
     @property
     def is_worker(self) -> bool:
@@ -81,6 +105,10 @@ def _name(text: str) -> str:
     return text
 
 
+def _words(text: str | None) -> list[str]:
+    return [w.strip() for w in (text or "").split(",") if w.strip()]
+
+
 def _flag(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "on"}
 
@@ -108,6 +136,20 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--heartbeat-s", type=_positive_seconds, default=env("HEARTBEAT_S", "10"), help="[EKIDEN_HEARTBEAT_S]"
     )
     p.add_argument("--outbox-wait", type=_seconds, default=env("OUTBOX_WAIT_S", "10"), help="[EKIDEN_OUTBOX_WAIT_S]")
+    p.add_argument(
+        "--allow-user",
+        action="append",
+        default=_words(env("ALLOW_USERS")),
+        metavar="USER",
+        help="a job may run as this OS user (repeat; the agent must run as root) [EKIDEN_ALLOW_USERS, comma-separated]",
+    )
+    p.add_argument(
+        "--env-allow",
+        action="append",
+        default=_words(env("ENV_ALLOW")),
+        metavar="PATTERN",
+        help="also pass the agent's variables matching this glob to jobs (repeat; EKIDEN_* never) [EKIDEN_ENV_ALLOW]",
+    )
     p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"), help="[EKIDEN_LOG_LEVEL]")
     p.add_argument(
         "--log-json", action="store_true", default=_flag(env("LOG_JSON", "") or ""), help="[EKIDEN_LOG_JSON]"
@@ -139,4 +181,6 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Agent
         outbox_wait_s=ns.outbox_wait,
         log_level=ns.log_level,
         log_json=ns.log_json,
+        allow_users=frozenset(ns.allow_user),
+        job_env=inherited_env(environ, (*DEFAULT_ENV_ALLOW, *ns.env_allow)),
     )

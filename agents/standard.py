@@ -17,6 +17,7 @@ from agents.lifecycle import bus_until_stopped
 from agents.reporting import Reporter, consume, hello_handler, stop_consuming, wait_outbox
 from agents.settings import AgentSettings
 from runtime.bus import reply, subscribe
+from runtime.epochs import EpochFence
 from runtime.outbox import EventOutbox
 from schemas import subjects
 from schemas.codec import decode, encode_one, error_reply
@@ -31,10 +32,11 @@ class StandardAgent:
 
     def __init__(self, settings: AgentSettings, executor: Executor | None = None) -> None:
         self._settings = settings
-        self._executor = executor or Executor(settings.kill_grace_s, settings.pipe_close_s)
+        self._executor = executor or Executor.from_settings(settings)
         self._attempts = Attempts(settings.concurrency)
         self._recent = RecentIds(settings.dedupe_memory)
         self._inventory = Inventory(settings.name, settings.concurrency)
+        self._fence = EpochFence()
         self._stopping = False
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -48,7 +50,7 @@ class StandardAgent:
             async with asyncio.TaskGroup() as tg:
                 sending = tg.create_task(outbox.run())
                 hello = await subscribe(nc, subjects.hello_all())
-                hearing = tg.create_task(consume(hello, hello_handler(outbox, lambda: self._register(nc))))
+                hearing = tg.create_task(consume(hello, hello_handler(outbox, lambda: self._register(nc), self._fence)))
                 control = await subscribe(nc, subjects.control_all())
                 controlling = tg.create_task(reporter.serve_control(control))
                 intake = await subscribe(nc, subjects.agent_run(s.name))
@@ -85,6 +87,10 @@ class StandardAgent:
                 spec = parse_dispatch(env)
             except ValueError as exc:
                 refused.append({"attempt_id": attempt_id, "code": str(ErrorCode.INVALID), "reason": str(exc)})
+                continue
+            stale = self._fence.check(env)
+            if stale is not None:
+                refused.append({"attempt_id": attempt_id, "code": str(ErrorCode.CONFLICT), "reason": stale})
                 continue
             if attempt_id in self._attempts.held or attempt_id in self._recent:
                 accepted.append(attempt_id)  # held or already run: accepted again, never run twice

@@ -2,6 +2,14 @@
 
 A job's JetStream message is acked only once the relay has acked the job's finished event, so a worker
 that dies at any point leaves the job in the stream, to be redelivered after the consumer's AckWait.
+
+A redelivered message (``num_delivered > 1``) is never run: the executor it was delivered to before was lost
+(killed, or it handed the job back when it stopped), and whether the job may run again is the manager's
+decision under the restart rules. The worker reports the attempt FINISHED with status LOST and acks the
+message; the manager then starts a new attempt, marks the job lost, or holds it.
+
+While it runs, the worker announces itself on ``subjects.dest_heartbeat(dest)`` every heartbeat interval
+(a REGISTER envelope), so relays can count the live workers of each destination.
 """
 
 import asyncio
@@ -10,12 +18,14 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from agents.attempts import Attempt, Attempts, RecentIds, parse_dispatch
 from agents.executor import Executor
+from agents.inventory import worker_presence
 from agents.lifecycle import bus_until_stopped
 from agents.reporting import Reporter, consume, hello_handler, stop_consuming, wait_outbox
 from agents.settings import AgentSettings
@@ -24,7 +34,7 @@ from runtime.destinations import ensure_destination
 from runtime.outbox import EventOutbox
 from runtime.service import wait_or_stop
 from schemas import subjects
-from schemas.codec import decode
+from schemas.codec import decode, encode_one
 from schemas.errors import WireError
 from schemas.messages import Envelope, Finished, JobSpec, JobStatus, Kind, event_id
 
@@ -72,7 +82,7 @@ class DestinationWorker:
             raise ValueError("a destination worker needs a destination")
         self._settings = settings
         self._dest = settings.dest
-        self._executor = executor or Executor(settings.kill_grace_s, settings.pipe_close_s)
+        self._executor = executor or Executor.from_settings(settings)
         self._attempts = Attempts(settings.concurrency)
         #: Attempts this worker finished and the relay acked: a redelivery only needs the JetStream ack.
         self._done = RecentIds(settings.dedupe_memory)
@@ -100,6 +110,7 @@ class DestinationWorker:
                 hearing = tg.create_task(consume(hello, hello_handler(outbox)))
                 control = await subscribe(nc, subjects.control_all())
                 controlling = tg.create_task(reporter.serve_control(control))
+                announcing = tg.create_task(self._announce_every_beat(nc))
                 logger.info("worker %s of %s ready: %d slot(s)", s.name, self._dest, s.concurrency)
                 async with asyncio.TaskGroup() as jobs:
                     await self._pull(pulls, stop, reporter, jobs)
@@ -113,6 +124,8 @@ class DestinationWorker:
                     await wait_outbox(outbox, s.outbox_wait_s)
                     self._give_up()
                 sending.cancel()
+                announcing.cancel()
+                await self._announce(nc, leaving=True)
                 await stop_consuming(hello, hearing)
                 await stop_consuming(control, controlling)
             logger.info("worker %s stopped (%d attempt(s) handed back)", s.name, stopped)
@@ -137,7 +150,7 @@ class DestinationWorker:
                 logger.info("worker %s idle for %g s: exiting", s.name, s.idle_exit_s)
                 stop.set()
                 return
-            if not self._attempts.free:
+            if self._attempts.free <= 0:
                 await self._attempts.wait_free(s.fetch_timeout_s)
                 continue
             try:
@@ -150,8 +163,10 @@ class DestinationWorker:
                 continue
             for msg in msgs:
                 # Run even if stop came meanwhile: the drain gives it its grace, while a nak would count
-                # as a delivery and could make a no-restart job lost without ever running.
-                self._attempts.take()
+                # as a delivery, and the next worker would report the job lost without running it. For the
+                # same reason run more than was asked for: nats-py's fetch also returns the messages of an
+                # earlier pull that timed out just as they arrived, so a batch can exceed the free slots.
+                self._attempts.take(over=True)
                 jobs.create_task(self._handle(msg, reporter))
 
     def _idle_too_long(self) -> bool:
@@ -182,7 +197,7 @@ class DestinationWorker:
                 held.msg = msg
                 return
             delivery = self._deliveries[attempt_id] = _Delivery(msg, spec.relay or "")
-            eid = event_id(attempt_id, Kind.FINISHED)
+            eid = event_id(attempt_id, Kind.FINISHED, token=spec.token)
             try:
                 attempt = Attempt(dispatch, spec)
                 finished = await self._execute(attempt, delivery, reporter)
@@ -208,8 +223,10 @@ class DestinationWorker:
         """Run the attempt (or find it lost); None when the worker stopped it and hands it back."""
         spec = attempt.spec
         deliveries = _deliveries(delivery.msg)
-        if deliveries > 1 and not spec.restart:
-            reason = f"delivered {deliveries} times and restart is disabled: the executor before was lost"
+        if deliveries > 1:
+            # Whether it may run again is the manager's call (restart rules), never this worker's.
+            reason = f"delivered {deliveries} times, the executor before was lost"
+            logger.info("attempt %s: %s; reporting it lost", spec.attempt_id, reason)
             return Finished(spec.attempt_id, JobStatus.LOST, None, reason=reason, host=reporter.host)
         self._attempts.held[spec.attempt_id] = attempt
         try:
@@ -238,6 +255,21 @@ class DestinationWorker:
             return
         logger.warning("attempt %s: relay %s never acked its result; handing it back", attempt_id, delivery.relay)
         await _settle(delivery.msg.nak(), "nak")
+
+    async def _announce_every_beat(self, nc: Client) -> None:
+        while True:
+            await self._announce(nc)
+            await asyncio.sleep(self._settings.heartbeat_s)
+
+    async def _announce(self, nc: Client, leaving: bool = False) -> None:
+        """Publish this worker's presence on its destination's heartbeat subject."""
+        s = self._settings
+        payload = worker_presence(s.name, self._dest, s.concurrency, self._attempts.busy, s.heartbeat_s, leaving)
+        env = Envelope(kind=Kind.REGISTER, sid="", payload=payload, ts=time.time())
+        try:
+            await nc.publish(subjects.dest_heartbeat(self._dest), encode_one(env))
+        except NatsError as exc:  # the next heartbeat announces again
+            logger.warning("cannot announce worker %s on %s: %s", s.name, self._dest, exc)
 
     def _route(self, env: Envelope) -> str:
         return subjects.relay_events(self._deliveries[env.payload["attempt_id"]].relay)

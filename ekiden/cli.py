@@ -10,28 +10,29 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from ekiden.client import ApiClient, CliError, find_endpoint, site_dir
+from ekiden import operate
+from ekiden import schedule as schedule_cli
+from ekiden import security as security_cli
+from ekiden import site as site_cli
+from ekiden.client import ApiClient, CliError, add_connection_args, endpoint_of, site_dir
 from ekiden.deffiles import load_definitions
 from ekiden.follow import RunFollower
 from ekiden.render import listing, run_status
+from ekiden.render import print_json as _print_json
 from ekiden.up import Stack, StackPlan
 from schemas.definitions import DefinitionError, Definitions
 from schemas.errors import WireError
 
-#: Exit code of a command whose run ended without success.
-EXIT_RUN_FAILED = 1
-#: Exit code of a usage or input error.
-EXIT_ERROR = 2
+#: Exit codes of ``ekiden run --wait`` (and of every command: 0 and 2), documented in docs/operations.md.
+EXIT_OK = 0  #: the command did what was asked; with --wait, the run succeeded
+EXIT_RUN_FAILED = 1  #: the run ended failed
+EXIT_ERROR = 2  #: the command itself failed: bad arguments, refused, unknown names, no manager answering
+EXIT_RUN_STOPPED = 3  #: the run was killed by an operator (it ended stopped)
+EXIT_WAIT_TIMEOUT = 4  #: --timeout-s passed while the run was still running (it goes on)
+#: The exit code of a run that ended in a state.
+RUN_EXIT = {"succeeded": EXIT_OK, "failed": EXIT_RUN_FAILED, "stopped": EXIT_RUN_STOPPED}
 #: Services that ``ekiden NAME ...`` runs in place of this process.
 SERVICES = {"manager": "engine", "relay": "relay", "agent": "agents"}
-
-
-def _connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--site", help="site directory (default: $EKIDEN_SITE or ./ekiden-site)")
-    p.add_argument("--nats", help="NATS URL of the site (default: $EKIDEN_NATS or the site's endpoint.json)")
-    p.add_argument("--server-id", help="manager server ID (default: $EKIDEN_SERVER_ID or the site's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("apply", help="register definitions with the manager (each change is a new version)")
     s.add_argument("paths", nargs="+", metavar="PATH")
-    _connection_args(s)
+    add_connection_args(s)
 
     s = sub.add_parser("run", help="start a run of a jobnet")
     s.add_argument("jobnet")
@@ -52,30 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait for the run to end; exit 0 only if it succeeded")
     s.add_argument("--follow", action="store_true", help="show progress until the run ends (implies --wait)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
-    _connection_args(s)
+    s.add_argument("--hold", action="store_true", help="start the run held: nothing starts until 'ekiden release'")
+    s.add_argument("--dedupe", metavar="KEY", help="a retried submission with the same key returns the same run")
+    s.add_argument("--timeout-s", type=float, help="with --wait/--follow: stop waiting after this long (exit 4)")
+    add_connection_args(s)
 
     s = sub.add_parser("status", help="show a run")
     s.add_argument("run")
     s.add_argument("--json", action="store_true")
-    _connection_args(s)
+    add_connection_args(s)
 
     s = sub.add_parser("ls", help="list jobnets, runs or agents")
-    s.add_argument("what", choices=["jobnets", "runs", "agents", "destinations"])
+    s.add_argument("what", choices=["jobnets", "runs", "agents", "destinations", "locks"])
     s.add_argument("--jobnet", help="runs of this jobnet only")
     s.add_argument("--limit", type=int, default=50)
     s.add_argument("--json", action="store_true")
-    _connection_args(s)
+    add_connection_args(s)
 
     s = sub.add_parser("agents", help="change how the manager routes to a standard agent")
     s.add_argument("action", choices=["hold", "release", "block", "cleanup", "unregister"])
     s.add_argument("name")
-    _connection_args(s)
+    add_connection_args(s)
 
     s = sub.add_parser("logs", help="show a job's output")
     s.add_argument("run")
     s.add_argument("job")
     s.add_argument("--attempt", type=int, help="attempt number (default: the latest)")
-    _connection_args(s)
+    add_connection_args(s)
 
     s = sub.add_parser("up", help="start the embedded stack: NATS, manager, relay, workers, agent")
     s.add_argument("paths", nargs="*", metavar="DEFS", help="definition files or directories (default: examples/)")
@@ -84,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--workers", type=int, default=2, help="workers per destination")
     s.add_argument("--concurrency", type=int, default=4, help="jobs at once per worker")
+    s.add_argument("--standby", action="store_true", help="also start a standby manager (an active-standby pair)")
+    s.add_argument("--insecure", action="store_true", help="NATS without credentials or permissions (comparisons)")
+
+    site_cli.add_parser(sub)
+    security_cli.add_parser(sub)
+    operate.add_parsers(sub)
+    schedule_cli.add_parsers(sub)
 
     for name in SERVICES:
         s = sub.add_parser(name, help=f"run a {name} (see 'ekiden {name} --help')", add_help=False)
@@ -129,18 +140,8 @@ def _params(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _print_json(doc: Any) -> None:
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=_json_default).decode() + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    raise TypeError
-
-
 async def _client(args: argparse.Namespace) -> ApiClient:
-    return await ApiClient.connect(find_endpoint(args.nats, args.server_id, args.site))
+    return await ApiClient.connect(endpoint_of(args))
 
 
 async def cmd_validate(args: argparse.Namespace) -> int:
@@ -153,7 +154,7 @@ async def cmd_validate(args: argparse.Namespace) -> int:
 
 async def cmd_apply(args: argparse.Namespace) -> int:
     """``ekiden apply``."""
-    defs = load_definitions(args.paths)
+    defs = load_definitions(args.paths, complete=False)  # names the manager already holds are fine
     client = await _client(args)
     try:
         result = await client.call("apply", definitions=defs.to_dict())
@@ -169,32 +170,50 @@ def _print_applied(result: dict[str, Any]) -> None:
         print(f"jobnet {net['name']}: version {net['version']} ({change})")
     for dest in result["destinations"]:
         print(f"destination {dest}: applied")
+    for cal in result.get("calendars", []):
+        print(f"calendar {cal}: applied")
+    changed = [s for s in result.get("schedules", []) if s["changed"]]
+    if result.get("schedules"):
+        print(f"schedules: {len(changed)} applied, {len(result['schedules']) - len(changed)} unchanged")
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
     """``ekiden run``."""
     client = await _client(args)
     try:
-        return await _start_and_watch(client, args.jobnet, _params(args.param), args.follow, args.wait, args.json)
+        submit = {"params": _params(args.param), "hold": args.hold, "dedupe": args.dedupe}
+        return await _start_and_watch(client, args.jobnet, submit, args.follow, args.wait, args.json, args.timeout_s)
     finally:
         await client.close()
 
 
 async def _start_and_watch(
-    client: ApiClient, jobnet: str, params: dict[str, str], follow: bool, wait: bool, as_json: bool
+    client: ApiClient,
+    jobnet: str,
+    submit: dict[str, Any],
+    follow: bool,
+    wait: bool,
+    as_json: bool,
+    timeout_s: float | None = None,
 ) -> int:
-    started = await client.call("run", jobnet=jobnet, params=params)
+    started = await client.call("run", jobnet=jobnet, **{k: v for k, v in submit.items() if v is not None})
     run_id = started["run"]
     if not (follow or wait):
-        _print_json(started) if as_json else print(f"run {run_id} of {jobnet} v{started['version']} started")
-        return 0
+        said = "already started (same dedupe key)" if started.get("deduplicated") else "started"
+        _print_json(started) if as_json else print(f"run {run_id} of {jobnet} {said}")
+        return EXIT_OK
     out = sys.stdout if follow and not as_json else io.StringIO()
-    doc = await RunFollower(client, run_id, out).follow()
+    try:
+        async with asyncio.timeout(timeout_s):
+            doc = await RunFollower(client, run_id, out).follow()
+    except TimeoutError:
+        print(f"ekiden: run {run_id} still running after {timeout_s:g}s", file=sys.stderr)
+        return EXIT_WAIT_TIMEOUT
     if as_json:
         _print_json(doc)
     elif not follow:
         print(run_status(doc))
-    return 0 if doc["state"] == "succeeded" else EXIT_RUN_FAILED
+    return RUN_EXIT.get(doc["state"], EXIT_RUN_FAILED)
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -256,14 +275,14 @@ async def cmd_up(args: argparse.Namespace) -> int:
     if args.run and args.run not in defs.jobnets:
         raise CliError(f"--run {args.run}: no such jobnet in {', '.join(paths)}")
     params = _params(args.param)
-    stack = Stack(site_dir(args.site).resolve())
+    stack = Stack(site_dir(args.site).resolve(), secure=not args.insecure)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"starting the embedded stack in {stack.site} ...", flush=True)
     try:
-        await stack.start(StackPlan.for_definitions(defs, args.workers, args.concurrency))
+        await stack.start(StackPlan.for_definitions(defs, args.workers, args.concurrency, 2 if args.standby else 1))
         client = await ApiClient.connect(stack.endpoint)
         try:
             _print_applied(await client.call("apply", definitions=defs.to_dict()))
@@ -288,7 +307,7 @@ def _load_for_up(paths: list[str], named: bool) -> Definitions:
 
 async def _run_or_stop(client: ApiClient, jobnet: str, params: dict[str, str], stop: asyncio.Event) -> int:
     async with asyncio.TaskGroup() as tg:
-        run = tg.create_task(_start_and_watch(client, jobnet, params, True, True, False))
+        run = tg.create_task(_start_and_watch(client, jobnet, {"params": params}, True, True, False))
         stopper = tg.create_task(stop.wait())
         done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if run not in done:
@@ -308,4 +327,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "logs": cmd_logs,
     "agents": cmd_agents,
     "up": cmd_up,
+    "site": site_cli.cmd_site,
+    "security": security_cli.cmd_security,
+    **operate.COMMANDS,
+    **schedule_cli.COMMANDS,
 }

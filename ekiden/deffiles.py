@@ -1,10 +1,13 @@
 """Reading definition files (TOML or JSON, or directories of them) into one validated set."""
 
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from schemas.definitions import DefinitionError, Definitions, FieldError, merge, parse_definitions, parse_toml
+from schemas.calendars import parse_date_lines
+from schemas.definitions import DefinitionError, Definitions, FieldError, merge, parse_definitions
 from schemas.definitions_schema import parse_export
 
 
@@ -29,8 +32,10 @@ def definition_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def load_definitions(paths: list[str]) -> Definitions:
+def load_definitions(paths: list[str], complete: bool = True) -> Definitions:
     """Read and validate every definition file; every error of every file is reported, prefixed by its file.
+
+    ``complete=False`` leaves what schedules and calendars name to whoever checks it against more (the manager).
 
     Raises:
         DefinitionError: anything is wrong; nothing is returned in part.
@@ -44,7 +49,7 @@ def load_definitions(paths: list[str]) -> Definitions:
             errors.extend(FieldError(f"{path}: {e.path}", e.message) for e in exc.errors)
     if errors:
         raise DefinitionError(errors)
-    return merge(parts)
+    return merge(parts, complete)
 
 
 def load_file(path: Path) -> Definitions:
@@ -58,11 +63,50 @@ def load_file(path: Path) -> Definitions:
     except (OSError, UnicodeDecodeError) as exc:
         raise DefinitionError([FieldError(str(path), f"cannot read: {exc}")]) from exc
     if path.suffix != ".json":
-        return parse_toml(text, str(path))
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise DefinitionError([FieldError("$", f"not valid JSON: {exc}")]) from exc
-    if isinstance(data, dict) and "format" in data:
-        return parse_export(data)
-    return parse_definitions(data)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise DefinitionError([FieldError(str(path), f"not valid TOML: {exc}")]) from exc
+    else:
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise DefinitionError([FieldError("$", f"not valid JSON: {exc}")]) from exc
+        if isinstance(data, dict) and "format" in data:
+            return parse_export(data)
+    # One file of a set: what its schedules and calendars name may be in another file (merge checks the set).
+    return parse_definitions(read_dates_files(data, path.parent), complete=False)
+
+
+def read_dates_files(data: Any, base: Path) -> Any:
+    """Replace each calendar's ``dates_file`` by the dates the file holds (added to its ``dates``).
+
+    A dates file is plain text, one ``YYYY-MM-DD`` per line (see ``schemas.calendars.parse_date_lines``); a
+    relative path is relative to the definition file's folder. Reading it here, when definitions are loaded,
+    keeps the site database self-contained: the manager stores the dates, never the path.
+
+    Raises:
+        DefinitionError: a file cannot be read or holds a line that is not a date.
+    """
+    cals = data.get("calendar") if isinstance(data, dict) else None
+    if not isinstance(cals, dict):
+        return data
+    errors: list[FieldError] = []
+    resolved = dict(cals)
+    for name, body in cals.items():
+        if not isinstance(body, dict) or not isinstance(body.get("dates_file"), str):
+            continue
+        where = f"calendar.{name}.dates_file"
+        file = base / body["dates_file"]
+        try:
+            dates, bad = parse_date_lines(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(FieldError(where, f"cannot read {file}: {exc}"))
+            continue
+        errors.extend(FieldError(where, f"{file}, line {n}: {message}") for n, message in bad)
+        listed = body.get("dates", [])
+        rest = {k: v for k, v in body.items() if k != "dates_file"}
+        resolved[name] = {**rest, "dates": [*listed, *map(str, dates)]} if isinstance(listed, list) else rest
+    if errors:
+        raise DefinitionError(errors)
+    return {**data, "calendar": resolved}

@@ -29,7 +29,8 @@ class RunFollower:
 
     async def follow(self) -> dict[str, Any]:
         """Follow the run to its end and return its final status document."""
-        sub = await self._client.nc.subscribe(subjects.run_updates(self._client.server_id, self._run_id))
+        subject = subjects.run_updates(self._client.server_id, self._run_id, self._client.tenant)
+        sub = await self._client.nc.subscribe(subject)
         try:
             doc = await self._client.call("status", run=self._run_id)
             self._total = len(doc["jobs"])

@@ -5,7 +5,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ekiden.client import ApiClient, CliError, add_connection_args, find_endpoint
+from ekiden.client import ApiClient, CliError, add_connection_args, endpoint_of
 from ekiden.render import clock, print_json, table
 
 #: ``--older-than`` units, in seconds.
@@ -61,7 +61,7 @@ def older_than_s(text: str) -> float:
 
 
 async def _call(args: argparse.Namespace, verb: str, **params: Any) -> Any:
-    client = await ApiClient.connect(find_endpoint(args.nats, args.server_id, args.site))
+    client = await ApiClient.connect(endpoint_of(args))
     try:
         return await client.call(verb, **params)
     finally:

@@ -1,7 +1,10 @@
 """Human-readable tables for the CLI."""
 
+import sys
 import time
 from typing import Any
+
+import orjson
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -75,6 +78,22 @@ def listing(what: str, rows: list[dict[str, Any]]) -> str:
             [[r["name"], str(r["version"]), str(r["jobs"]), r["tenant"], r["description"]] for r in rows],
             ["JOBNET", "VER", "JOBS", "TENANT", "DESCRIPTION"],
         )
+    if what == "locks":
+        return table(
+            [
+                [
+                    r["name"],
+                    f"{sum(h['weight'] for h in r['holders'])}/{r['capacity']}",
+                    ", ".join(
+                        f"{h['holder']}" + (f" ({h['weight']})" if h["weight"] != 1 else "") for h in r["holders"]
+                    )
+                    or "-",
+                    ", ".join(r["waiters"]) or "-",
+                ]
+                for r in rows
+            ],
+            ["LOCK", "TAKEN", "HOLDERS (RUN:JOB)", "WAITING"],
+        )
     if what == "destinations":
         return table(
             [
@@ -105,3 +124,14 @@ def listing(what: str, rows: list[dict[str, Any]]) -> str:
         ],
         ["AGENT", "KIND", "STATE", "HOST", "RUNNING", "LAST SEEN"],
     )
+
+
+def print_json(doc: Any) -> None:
+    """Print a document as indented JSON (bytes as UTF-8 text)."""
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=_json_default).decode() + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError

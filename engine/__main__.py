@@ -5,6 +5,7 @@ import asyncio
 import os
 from pathlib import Path
 
+from engine.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from engine.service import serve
 from engine.settings import DEFAULT_SERVER_ID, ManagerSettings
 from runtime.bus import BusSettings
@@ -23,6 +24,8 @@ def parse_settings(argv: list[str] | None = None) -> tuple[ManagerSettings, str]
     p.add_argument("--dispatch-timeout-s", type=float, default=5.0)
     p.add_argument("--held-resend-s", type=float, default=30.0, help="re-offer jobs a relay holds but did not queue")
     p.add_argument("--agent-lost-after-s", type=float, default=45.0, help="lost after this long without heartbeat")
+    p.add_argument("--api-rate-per-s", type=float, default=DEFAULT_RATE_PER_S, help="API requests/s per tenant")
+    p.add_argument("--api-burst", type=int, default=DEFAULT_BURST, help="API requests at once per tenant")
     p.add_argument("--log-level", default=os.environ.get("EKIDEN_LOG_LEVEL", "INFO"))
     p.add_argument("--log-json", action="store_true", default=os.environ.get("EKIDEN_LOG_JSON") == "1")
     a = p.parse_args(argv)
@@ -35,6 +38,8 @@ def parse_settings(argv: list[str] | None = None) -> tuple[ManagerSettings, str]
         dispatch_timeout_s=a.dispatch_timeout_s,
         held_resend_s=a.held_resend_s,
         agent_lost_after_s=a.agent_lost_after_s,
+        api_rate_per_s=a.api_rate_per_s,
+        api_burst=a.api_burst,
     )
     configure(a.log_level, a.log_json, "manager")
     return settings, a.server_id

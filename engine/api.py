@@ -1,6 +1,11 @@
-"""The control API: request-reply verbs on ``ekiden.<sid>.api.<verb>``, answered by the active manager."""
+"""The control API: request-reply verbs on ``ekiden.<sid>.api.<tenant>.<verb>``, answered by the active manager.
+
+The tenant token of the subject is the caller's tenant (NATS permissions pin each operator credential to
+its own; see ``engine.tenancy``): every answer is scoped to it, and each caller has a rate limit.
+"""
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -10,7 +15,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from engine import tenancy
 from engine.core import RUN_COMMANDS, Command, Core
+from engine.ratelimit import RateLimiter
 from engine.settings import ManagerSettings
 from engine.sitefile import read_status
 from engine.store import Lease, SiteQueries
@@ -32,6 +39,9 @@ RELAY_STATS_TIMEOUT_S = 2.0
 #: Most runs one listing returns.
 MAX_LIST = 1000
 
+#: The tenant token of the request being answered (each request is handled in a task of its own).
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller_tenant", default=tenancy.ADMIN)
+
 
 class Api:
     """Answers control requests: reads go to the database, changes go through the core."""
@@ -42,6 +52,7 @@ class Api:
         self._settings = settings
         self._lease = lease
         self._nc = nc
+        self._limiter = RateLimiter(settings.api_rate_per_s, settings.api_burst)
         self._verbs: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self._ping,
             "site": self._site,
@@ -56,7 +67,15 @@ class Api:
             "agents": self._agents,
             "logs": self._logs,
             "destinations": self._destinations,
+            "audit": self._audit,
+            "locks": self._locks,
+            "purge": self._command("purge"),
+            "schedule": self._command("schedule"),
         }
+
+    def add_verbs(self, verbs: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]) -> None:
+        """Answer more read-only verbs (each takes the request's arguments and returns its result)."""
+        self._verbs.update(verbs)
 
     async def serve(self, sub: Subscription) -> None:
         """Answer requests from ``sub`` until cancelled."""
@@ -69,9 +88,16 @@ class Api:
     async def _handle(self, msg: Msg, slots: asyncio.Semaphore) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]
         try:
+            caller = subjects.api_caller(msg.subject)
+            if caller is None:
+                raise WireError(ErrorCode.NOT_FOUND, f"not an API subject: {msg.subject!r}")
+            tenant, verb = caller
+            self._admit(tenant)
             handler = self._verbs.get(verb)
             if handler is None:
                 raise WireError(ErrorCode.NOT_FOUND, f"unknown API verb {verb!r}")
+            tenancy.check_verb(verb, tenant)
+            _CALLER.set(tenant)
             args = decode(msg.data)[0].payload
             result = await handler(args)
             body = encode_one(
@@ -89,9 +115,23 @@ class Api:
         except Exception as exc:  # the requester is gone; it will retry or give up
             logger.debug("API reply to %s lost: %s", verb, exc)
 
+    def _admit(self, tenant: str) -> None:
+        """Take a token from the caller's bucket, or refuse with when to try again."""
+        wait_s = self._limiter.take(tenant)
+        if wait_s:
+            raise WireError(
+                ErrorCode.UNAVAILABLE,
+                f"too many requests from tenant {tenant!r}: retry in {wait_s:.2f}s",
+                retryable=True,
+                retry_after_s=max(0.001, round(wait_s, 3)),
+            )
+
     def _command(self, verb: str) -> Callable[[dict[str, Any]], Awaitable[Any]]:
         async def run_command(args: dict[str, Any]) -> Any:
-            cmd = Command(verb, args)
+            said = args.pop("_caller", None)
+            # Who the client says it is goes to the audit log; its tenant is the one NATS vouches for.
+            caller = {**(said if isinstance(said, dict) else {"user": "unknown"}), "tenant": _CALLER.get()}
+            cmd = Command(verb, args, caller=caller)
             await self._core.queue.put(cmd)
             async with asyncio.timeout(COMMAND_TIMEOUT_S):
                 return await cmd.done
@@ -118,7 +158,7 @@ class Api:
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         run_id = str(args.get("run", ""))
         doc = await self._queries.run_doc(run_id)
-        if doc is None:
+        if doc is None or not tenancy.visible([doc], _CALLER.get()):
             raise WireError(ErrorCode.NOT_FOUND, f"no run {run_id!r}")
         return doc
 
@@ -127,17 +167,20 @@ class Api:
         limit = args.get("limit", 50)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
             raise WireError(ErrorCode.INVALID, f"limit must be an integer in 1..{MAX_LIST}")
-        return await self._queries.runs(jobnet if isinstance(jobnet, str) else None, limit)
+        tenant = _CALLER.get()
+        only = None if tenancy.is_admin(tenant) else tenant
+        return await self._queries.runs(jobnet if isinstance(jobnet, str) else None, limit, only)
 
     async def _jobnets(self, _args: dict[str, Any]) -> list[dict[str, Any]]:
-        return await self._queries.jobnets()
+        return tenancy.visible(await self._queries.jobnets(), _CALLER.get())
 
     async def _agents(self, _args: dict[str, Any]) -> list[dict[str, Any]]:
         now = time.time()
         agents = await self._queries.agents()
         for agent in agents:
             agent["seen_s_ago"] = round(now - agent["last_seen"], 1) if agent["last_seen"] else None
-        return agents
+            agent["tenant"] = tenancy.agent_tenant(agent["name"], self._core.targets)
+        return tenancy.visible(agents, _CALLER.get())
 
     async def _destinations(self, _args: dict[str, Any]) -> list[dict[str, Any]]:
         """Every destination with what its relays report: pending, running, held, workers, oldest pending age."""
@@ -157,7 +200,28 @@ class Api:
                 row = rows.setdefault(name, {"name": name, "relay": relay, "tenant": None, "restart": None})
                 row.update({k: stats.get(k) for k in ("pending", "running", "held", "workers", "oldest_pending_age_s")})
                 row["reported"] = True
-        return sorted(rows.values(), key=lambda r: r["name"])
+        return sorted(tenancy.visible(list(rows.values()), _CALLER.get()), key=lambda r: r["name"])
+
+    async def _locks(self, _args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every lock: capacity, holders (run or run:job, with weight) and the jobs waiting for it."""
+        admission = self._core.admission
+        waiting = self._core.waiting_jobs()
+        names = sorted(set(admission.locks) | set(admission.holders))
+        return [
+            {
+                "name": name,
+                "capacity": admission.locks[name].capacity if name in admission.locks else 1,
+                "holders": [{"holder": h, "weight": w} for h, w in sorted(admission.holders.get(name, {}).items())],
+                "waiters": [w for w, reason in waiting if reason.startswith(f"waiting for lock {name} ")],
+            }
+            for name in names
+        ]
+
+    async def _audit(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        limit = args.get("limit", 100)
+        if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
+            raise WireError(ErrorCode.INVALID, f"limit must be an integer in 1..{MAX_LIST}")
+        return await self._queries.audit(limit)
 
     async def _relay_stats(self, relay: str) -> list[dict[str, Any]]:
         try:
@@ -172,6 +236,11 @@ class Api:
     async def _logs(self, args: dict[str, Any]) -> dict[str, Any]:
         run_id, job = str(args.get("run", "")), str(args.get("job", ""))
         n = args.get("attempt")
+        tenant = _CALLER.get()
+        if not tenancy.is_admin(tenant):
+            doc = await self._queries.run_doc(run_id)
+            if doc is None or not tenancy.visible([doc], tenant):
+                raise WireError(ErrorCode.NOT_FOUND, f"no attempt of job {job!r} in run {run_id!r}")
         out = await self._queries.output(run_id, job, n if isinstance(n, int) else None)
         if out is None:
             raise WireError(ErrorCode.NOT_FOUND, f"no attempt of job {job!r} in run {run_id!r}")

@@ -15,13 +15,17 @@ from typing import Any, Protocol
 
 import orjson
 
-from engine import control
+from engine import control, schedule_store, tenancy
+from engine.admission import Admission
+from engine.jobenv import job_env
 from engine.runs import Attempt, JobRun, Run
+from engine.schedules import Clock, ScheduleBook, SystemClock
 from engine.settings import ManagerSettings
 from engine.sitefile import MAINTENANCE_KEY
 from engine.states import ACTIVE_JOB_STATES, STATE_OF_STATUS, JobState, RunState
 from engine.store import Changes, Lease, Store
 from engine.targets import AgentState, AgentStatus, LostOutcome, Targets
+from engine.tokens import AttemptTokens
 from schemas import subjects
 from schemas.definitions import (
     DefinitionError,
@@ -86,6 +90,8 @@ class Command:
     verb: str
     args: dict[str, Any]
     done: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    #: who asked, and from where (recorded in the audit log); empty for the manager's own commands
+    caller: dict[str, Any] = field(default_factory=dict)
 
 
 Item = EventsIn | DispatchReply | DispatchUnreachable | Registered | Tick | Command
@@ -125,8 +131,16 @@ class Core:
     """Owns the runs of one active manager."""
 
     def __init__(
-        self, store: Store, settings: ManagerSettings, lease: Lease, sender: Sender, queue: "asyncio.Queue[Item]"
+        self,
+        store: Store,
+        settings: ManagerSettings,
+        lease: Lease,
+        sender: Sender,
+        queue: "asyncio.Queue[Item]",
+        clock: Clock | None = None,
     ) -> None:
+        #: calendars and schedules; ``clock`` is the scheduling clock (tests inject one they control)
+        self.schedules = ScheduleBook(clock or SystemClock())
         self._store = store
         self._settings = settings
         self._lease = lease
@@ -143,6 +157,8 @@ class Core:
         self._ready: list[tuple[Run, JobRun]] = []
         self.jobnets: dict[str, tuple[int, Jobnet, str]] = {}
         self.targets = Targets()
+        self.admission = Admission()
+        self._tokens = AttemptTokens.for_site(settings.site_dir)
         #: attempts an operator killed: one that starts anyway (it was queued) is killed again at once
         self.killed: set[str] = set()
         #: dedupe keys of runs started by this manager (older ones are looked up in the database)
@@ -171,7 +187,13 @@ class Core:
         defs: dict[str, dict[str, Any]] = {"destination": {n: orjson.loads(b) for n, b in dests.items()}}
         for kind, name, body in await self._store.agent_definitions():
             defs.setdefault(kind, {})[name] = orjson.loads(body)
-        self.targets.define(parse_definitions(defs))
+        applied = parse_definitions(defs)
+        applied.jobnets.update({name: net for name, (_, net, _) in self.jobnets.items()})
+        self.targets.define(applied)
+        self.admission.define(applied)
+        for lock, holder, weight in await self._store.lock_holders():
+            self.admission.restore_holder(lock, holder, weight)
+        self.schedules.load(await schedule_store.load(self._store))
         for name, state, inventory, used_at in await self._store.agent_rows():
             status = self.targets.agent(name)
             status.state, status.used_at = AgentState(state), used_at
@@ -229,6 +251,7 @@ class Core:
                 member = _attempt_from_row(member_row)
                 job.members[member.target.partition(":")[2]] = member
         if job.state in ACTIVE_JOB_STATES:
+            self.admission.restore_running(run, job, [a.target for a in job.live_attempts()])
             for attempt in job.live_attempts():
                 attempt.seen_at = mono  # heartbeats are counted again from the takeover
                 if not attempt.status:
@@ -294,9 +317,26 @@ class Core:
             self._watchdog(ch, out, now, mono)
         else:
             try:
-                out.results.append((item.done, self._on_command(item, ch, out, now)))
+                result = self._on_command(item, ch, out, now)
             except WireError as exc:
                 out.results.append((item.done, exc))
+                self._audit(item, f"refused: {exc.message}", ch, now)
+            else:
+                out.results.append((item.done, result))
+                self._audit(item, "ok", ch, now)
+
+    def _audit(self, cmd: Command, outcome: str, ch: Changes, now: float) -> None:
+        if not cmd.caller:
+            return  # the manager's own commands (schedules) are in the run history, not the audit log
+        who = f"{cmd.caller.get('user', '?')}"
+        origin = f"{cmd.caller.get('host', '?')} pid {cmd.caller.get('pid', '?')}"
+        detail = {k: v for k, v in cmd.args.items() if k != "definitions"}
+        if "definitions" in cmd.args:
+            detail["definitions"] = _summary(cmd.args["definitions"])
+        target = str(cmd.args.get("run") or cmd.args.get("jobnet") or cmd.args.get("name") or "")
+        if cmd.args.get("job"):
+            target += f" job {cmd.args['job']}"
+        ch.audit.append((now, who, origin, cmd.verb, target, orjson.dumps(detail, default=str).decode(), outcome))
 
     async def _prepare(self, items: list[Item]) -> list[str]:
         """Load what commands need from the database before the turn: finished runs, earlier dedupe keys."""
@@ -316,6 +356,8 @@ class Core:
                 found = await self._store.run_by_dedupe_key(key)
                 if found is not None:
                     self._dedupe[key] = found
+        fires = [i.args["fire"] for i in items if isinstance(i, Command) and i.verb == "run" and "fire" in i.args]
+        await self.schedules.prepare(self._store, fires)
         return visiting
 
     async def _send(self, out: Outbound) -> None:
@@ -345,6 +387,10 @@ class Core:
 
     # Package-internal (changed, touch, requeue_ready, reopen, end_job, maybe_end_run): engine.control's
     # operator commands change runs through these, as events do.
+
+    def waiting_jobs(self) -> list[tuple[str, str]]:
+        """Ready jobs that wait (for an agent, a lock or a limit), as ``("run:job", reason)``."""
+        return [(f"{run.run_id}:{job.id}", job.reason) for run, job in self._ready if job.reason]
 
     def touch(self, run: Run, out: Outbound) -> None:
         """Publish the run's state with this turn's progress even if no job changed."""
@@ -384,6 +430,10 @@ class Core:
         attempt = job.attempt_of(aid)
         if attempt is None or attempt.status:
             logger.info("stale event %s for attempt %s discarded", env.kind, aid)
+            return eid
+        if not self._tokens.check(env.payload.get("token"), aid, attempt.target, env.epoch):
+            # Acked all the same, so that no outbox on the way keeps it for ever; it changes nothing.
+            logger.warning("event %s for attempt %s refused: not the token it was dispatched with", env.kind, aid)
             return eid
         attempt.seen_at = mono
         if env.kind == Kind.STARTED:
@@ -466,6 +516,7 @@ class Core:
         outcome = self.targets.lost_outcome(job.job, attempt.target)
         lost = f"attempt {attempt.n} on {attempt.host or attempt.target} lost ({why})"
         logger.warning("run %s job %s: %s: %s", run.run_id, job.id, lost, outcome)
+        ch.lock_gives += self.admission.leave(run, job)
         if outcome == LostOutcome.RESTART:
             job.reason = f"{lost}; running again"
             run.set_state(job, JobState.READY)
@@ -496,6 +547,7 @@ class Core:
         job.reason = reason
         for attempt in job.live_attempts():
             self._untrack(attempt.attempt_id)
+        ch.lock_gives += self.admission.leave(run, job)
         self.changed(run, job, ch, out)
         if run.satisfied(job):
             for ready in run.release_dependants(job.id):
@@ -514,6 +566,7 @@ class Core:
         run.state = run.final_state()
         run.ended_at = now
         ch.run(run)
+        ch.lock_gives += self.admission.end_run(run)
         out.progress[run.run_id] = run
         out.changed_jobs.setdefault(run.run_id, {})
         out.ended_runs.append(run)
@@ -582,12 +635,19 @@ class Core:
             if job.state != JobState.READY or run.state != RunState.RUNNING or run.held:
                 continue  # a held run's ready jobs are offered again when it is released
             agents = self._agents_for(job)
-            if isinstance(agents, str):  # no agent takes it now: it waits, saying why
-                if job.reason != agents:
-                    job.reason = agents
+            targets = [f"agent:{a}" for a in agents] if not isinstance(agents, str) and agents else []
+            if not isinstance(agents, str) and not agents:
+                targets = [f"dest:{job.job.dest}"]
+            wait = agents if isinstance(agents, str) else self.admission.refusal(run, job, targets)
+            if wait:  # no agent takes it now, a lock is taken or a limit reached: it waits, saying why
+                if job.reason != wait:
+                    job.reason = wait
                     self.changed(run, job, ch, out)
                 self._ready.append((run, job))
                 continue
+            assert not isinstance(agents, str)
+            ch.lock_takes += self.admission.admit(run, job, targets, now)
+            job.reason = ""
             job.attempts += 1
             job.current, job.members = None, {}
             job.state = JobState.DISPATCHED
@@ -639,7 +699,7 @@ class Core:
             shell=spec_job.shell,
             call=spec_job.call,
             args=spec_job.args,
-            env=spec_job.env,
+            env=job_env(spec_job.env, run.params),
             cwd=spec_job.cwd,
             timeout_s=spec_job.timeout_s,
             output_limit_bytes=self._settings.output_limit_bytes,
@@ -647,6 +707,8 @@ class Core:
             dest=spec_job.dest,
             relay=relay,
             restart=self.targets.lost_outcome(spec_job, attempt.target) == LostOutcome.RESTART,
+            token=self._tokens.make(attempt.attempt_id, attempt.target, self._lease.epoch),
+            user=spec_job.user,
         )
         subject = subjects.agent_run(agent) if agent is not None else subjects.relay_run(str(relay))
         env = Envelope(
@@ -704,24 +766,36 @@ class Core:
     # -- commands ----------------------------------------------------------------------------------
 
     def _on_command(self, cmd: Command, ch: Changes, out: Outbound, now: float) -> dict[str, Any]:
+        tenancy.check_command(cmd.verb, cmd.args, cmd.caller.get("tenant"), self.jobnets, self.targets, self.runs)
         if cmd.verb == "apply":
             return self._apply_definitions(cmd.args.get("definitions"), ch, now)
         if cmd.verb == "run":
             return self._start_run(cmd.args, ch, out, now)
+        if cmd.verb == "schedule":
+            return self.schedules.command(cmd.args, ch.schedules)
         if cmd.verb == "maintenance":
             return self._set_maintenance(cmd.args.get("on"), ch)
         if cmd.verb == "agent":
             return self._agent_command(cmd.args, ch, out, now)
         if cmd.verb in RUN_COMMANDS:
             return self._run_command(cmd, ch, out, now)
+        if cmd.verb == "purge":
+            older_than_s = cmd.args.get("older_than_s")
+            if isinstance(older_than_s, bool) or not isinstance(older_than_s, int | float) or older_than_s < 0:
+                raise WireError(ErrorCode.INVALID, "purge needs older_than_s, a number of seconds >= 0")
+            ch.purge_before = now - older_than_s
+            return {"purged_before": ch.purge_before}
         raise WireError(ErrorCode.INVALID, f"unknown command {cmd.verb!r}")
 
     def _apply_definitions(self, raw: Any, ch: Changes, now: float) -> dict[str, Any]:
         try:
-            defs = parse_definitions(raw)
+            # References may name what is already registered: checked against it just below.
+            defs = parse_definitions(raw, complete=False)
         except DefinitionError as exc:
             raise WireError(ErrorCode.INVALID, "definitions refused:\n" + str(exc)) from exc
         self._check_targets(defs)
+        if unknown := self.schedules.check(defs, {*self.jobnets, *defs.jobnets}):
+            raise WireError(ErrorCode.INVALID, "definitions refused:\n" + "\n".join(unknown))
         result: list[dict[str, Any]] = []
         for name, net in sorted(defs.jobnets.items()):
             body = orjson.dumps(net.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
@@ -741,15 +815,24 @@ class Core:
         for name, group in sorted(defs.groups.items()):
             ch.agent_definitions.append(("group", name, orjson.dumps(group.to_dict()).decode(), now))
         self.targets.define(defs)
+        self.admission.define(defs)
+        for name, lock in sorted(defs.locks.items()):
+            ch.agent_definitions.append(("lock", name, orjson.dumps(lock.to_dict()).decode(), now))
         return {
             "jobnets": result,
             "destinations": sorted(defs.destinations),
             "agents": sorted(defs.agents),
             "groups": sorted(defs.groups),
+            **self.schedules.apply(defs, ch.schedules, now),
         }
 
     def _check_targets(self, defs: Definitions) -> None:
         errors = self.targets.tenant_errors(defs)
+        known = {**self.admission.locks, **defs.locks}
+        for net in defs.jobnets.values():
+            uses = [(f"jobnet.{net.name}.locks", u) for u in net.locks]
+            uses += [(f"jobnet.{net.name}.job[{i}].locks", u) for i, j in enumerate(net.jobs) for u in j.locks]
+            errors += [f"{path}: no lock named {u.name!r} is defined" for path, u in uses if u.name not in known]
         if errors:
             raise WireError(ErrorCode.INVALID, "definitions refused:\n" + "\n".join(errors))
 
@@ -820,6 +903,9 @@ class Core:
             isinstance(k, str) and isinstance(v, str) for k, v in params.items()
         ):
             raise WireError(ErrorCode.INVALID, "params must map names to strings")
+        fire = args.get("fire")
+        if fire is not None and (fired := self.schedules.check_fire(fire)) is not None:
+            return {"run": fired, "jobnet": name, "deduplicated": True}
         key = args.get("dedupe")
         if key is not None and not isinstance(key, str):
             raise WireError(ErrorCode.INVALID, "dedupe must be a string")
@@ -832,6 +918,8 @@ class Core:
         run.held, run.dedupe_key = bool(args.get("hold")), key
         if key is not None:
             self._dedupe[key] = run.run_id
+        if fire is not None:
+            self.schedules.record_fire(fire, run.run_id, ch.schedules, now)
         self.runs[run.run_id] = run
         ch.run(run)
         for job in run.jobs.values():
@@ -840,6 +928,13 @@ class Core:
                 self._ready.append((run, job))
         logger.info("run %s of %s v%d started%s", run.run_id, name, version, " held" if run.held else "")
         return {"run": run.run_id, "jobnet": name, "version": version, "held": run.held}
+
+
+def _summary(definitions: Any) -> dict[str, list[str]]:
+    """What a definitions map names, for the audit log (not its whole body)."""
+    if not isinstance(definitions, dict):
+        return {}
+    return {k: sorted(map(str, v)) for k, v in definitions.items() if isinstance(v, dict)}
 
 
 def _attempt_from_row(row: tuple[Any, ...]) -> Attempt:

@@ -61,6 +61,23 @@ MIGRATIONS: tuple[str, ...] = (
         lock TEXT NOT NULL, holder TEXT NOT NULL, weight INTEGER NOT NULL, mode TEXT NOT NULL,
         acquired_at REAL NOT NULL, PRIMARY KEY(lock, holder)) WITHOUT ROWID;
     """,
+    # 5: calendars and schedules, applied like destinations (latest definition wins); each schedule's state
+    # and next fire time (indexed for the scheduler's due query); one row per fire, unique per schedule and
+    # fire time, written with the run it starts; one-off changes of single fire times.
+    """
+    CREATE TABLE calendars(
+        name TEXT PRIMARY KEY, body TEXT NOT NULL, digest TEXT NOT NULL, applied_at REAL NOT NULL) WITHOUT ROWID;
+    CREATE TABLE schedules(
+        name TEXT PRIMARY KEY, body TEXT NOT NULL, digest TEXT NOT NULL, applied_at REAL NOT NULL,
+        enabled INTEGER NOT NULL, held INTEGER NOT NULL, next_fire_at INTEGER, next_key INTEGER) WITHOUT ROWID;
+    CREATE INDEX schedules_due ON schedules(next_fire_at) WHERE enabled=1 AND held=0;
+    CREATE TABLE fires(
+        id INTEGER PRIMARY KEY, schedule TEXT NOT NULL, fire_at INTEGER NOT NULL, due_at INTEGER NOT NULL,
+        fired_at REAL NOT NULL, run_id INTEGER NOT NULL, note TEXT NOT NULL, UNIQUE(schedule, fire_at));
+    CREATE TABLE schedule_changes(
+        schedule TEXT NOT NULL, original_at INTEGER NOT NULL, new_at INTEGER NOT NULL, made_at REAL NOT NULL,
+        PRIMARY KEY(schedule, original_at)) WITHOUT ROWID;
+    """,
 )
 
 #: The schema version this code writes.

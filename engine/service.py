@@ -21,6 +21,10 @@ from engine.core import Core, EventsIn, Item, Registered, Tick
 from engine.dispatcher import Dispatcher
 from engine.errors import LeaseLostError
 from engine.runs import JobRun, Run
+from engine.schedule_api import schedule_verbs
+from engine.schedule_store import ScheduleQueries
+from engine.scheduler import Scheduler
+from engine.schedules import Clock
 from engine.settings import ManagerSettings
 from engine.sitefile import SEEN_INTERVAL_S
 from engine.store import Lease, SiteQueries, Store
@@ -28,6 +32,7 @@ from runtime.bus import connection, subscribe
 from runtime.service import wait_or_stop
 from schemas import subjects
 from schemas.codec import decode, encode_one, error_reply
+from schemas.definitions import DEFAULT_TENANT
 from schemas.errors import WireError
 from schemas.messages import EVENT_KINDS, Envelope, Kind, ack_for
 
@@ -41,8 +46,8 @@ class _Stopped(Exception):
     """Raised inside the active TaskGroup to end it on a requested stop."""
 
 
-async def serve(settings: ManagerSettings, stop: asyncio.Event) -> None:
-    """Run one manager process until ``stop`` is set."""
+async def serve(settings: ManagerSettings, stop: asyncio.Event, clock: Clock | None = None) -> None:
+    """Run one manager process until ``stop`` is set; ``clock`` is the scheduling clock (tests inject one)."""
     store = await Store.open(settings.db_path)
     holder = f"{settings.host}:{settings.pid}:{uuid.uuid4().hex[:8]}"
     try:
@@ -53,7 +58,7 @@ async def serve(settings: ManagerSettings, stop: asyncio.Event) -> None:
                 if lease is None:
                     break
                 try:
-                    await _serve_active(store, nc, settings, lease, stop)
+                    await _serve_active(store, nc, settings, lease, stop, clock)
                 except* LeaseLostError:
                     logger.error("lease lost at epoch %d: stopped dispatching, back to standby", lease.epoch)
         await store.mark_seen(holder, settings.host, settings.pid, "stopped", time.time())
@@ -120,17 +125,21 @@ class _NatsSender:
             ],
         }
         env = Envelope(Kind.PROGRESS, self._settings.server_id, payload, run_id=run.run_id, ts=time.time())
-        await self._nc.publish(subjects.run_updates(self._settings.server_id, run.run_id), encode_one(env))
+        subject = subjects.run_updates(self._settings.server_id, run.run_id, run.tenant or DEFAULT_TENANT)
+        await self._nc.publish(subject, encode_one(env))
 
 
-async def _serve_active(store: Store, nc: Client, settings: ManagerSettings, lease: Lease, stop: asyncio.Event) -> None:
+async def _serve_active(
+    store: Store, nc: Client, settings: ManagerSettings, lease: Lease, stop: asyncio.Event, clock: Clock | None
+) -> None:
     sid = settings.server_id
     queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=QUEUE_LIMIT)
     dispatcher = Dispatcher(nc, queue, settings.dispatch_request_timeout_s)
-    core = Core(store, settings, lease, _NatsSender(nc, settings, dispatcher), queue)
+    core = Core(store, settings, lease, _NatsSender(nc, settings, dispatcher), queue, clock)
     await store.arm_fence(lease.epoch)
     await core.recover()
     api = Api(core, SiteQueries(store), settings, lease, nc)
+    api.add_verbs(schedule_verbs(ScheduleQueries(store)))
     intake = [
         await subscribe(nc, subjects.events(sid), subjects.MANAGER_QUEUE),
         await subscribe(nc, subjects.REGISTER),
@@ -141,6 +150,15 @@ async def _serve_active(store: Store, nc: Client, settings: ManagerSettings, lea
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(core.run())
+            scheduler = Scheduler(
+                core.schedules,
+                ScheduleQueries(store),
+                queue,
+                settings.schedule_poll_s,
+                settings.schedule_misfire_s,
+                lambda: core.maintenance,
+            )
+            firing = tg.create_task(scheduler.run())
             tg.create_task(dispatcher.run())
             tg.create_task(_take_events(intake[0], core.queue))
             tg.create_task(_take_registrations(intake[1], core.queue))
@@ -152,7 +170,8 @@ async def _serve_active(store: Store, nc: Client, settings: ManagerSettings, lea
                 encode_one(Envelope(Kind.HELLO, sid, {"epoch": lease.epoch}, lease.epoch, ts=time.time())),
             )
             await stop.wait()
-            # Stop intake first, then let the core commit and send what it already took.
+            # Stop intake first (the scheduler is intake too), then let the core commit and send what it took.
+            firing.cancel()
             await _unsubscribe(subs)
             try:
                 async with asyncio.timeout(settings.shutdown_grace_s):

@@ -5,6 +5,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S
+from engine.sitefile import site_db
 from runtime.bus import BusSettings
 from schemas.names import check_name
 
@@ -38,6 +40,14 @@ class ManagerSettings:
     output_limit_bytes: int = 64 * 1024
     #: Seconds a clean stop may take to flush what is committed before it cancels the rest.
     shutdown_grace_s: float = 5.0
+    #: Control API requests per second each caller (tenant, or the admin) may make, sustained.
+    api_rate_per_s: float = DEFAULT_RATE_PER_S
+    #: Control API requests each caller may make at once after a quiet spell.
+    api_burst: int = DEFAULT_BURST
+    #: Seconds ahead the scheduler loads due fire times in one poll (and the longest it sleeps between polls).
+    schedule_poll_s: float = 1.0
+    #: Seconds after its time that a fire counts as missed, so its schedule's catch-up policy applies.
+    schedule_misfire_s: float = 60.0
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
 
@@ -47,4 +57,4 @@ class ManagerSettings:
     @property
     def db_path(self) -> Path:
         """The site database file."""
-        return self.site_dir / "site.db"
+        return site_db(self.site_dir)

@@ -18,6 +18,7 @@ import orjson
 from engine.errors import LeaseLostError, StoreError
 from engine.migrations import MIGRATIONS, SCHEMA_VERSION
 from engine.runs import Attempt, JobRun, Run
+from engine.schedule_store import ScheduleWrites
 from engine.sitefile import LEASE_NAME, MANAGER_ROW_KEPT_S
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ FENCED_TABLES = (
     "site_settings",
     "audit",
     "lock_holders",
+    "calendars",
+    "schedules",
+    "fires",
+    "schedule_changes",
 )
 #: The attempt columns recovery reads, in the order ``engine.core`` builds attempts from.
 _ATTEMPT_COLUMNS = (
@@ -70,12 +75,22 @@ class Changes:
     agent_states: dict[str, tuple[str, float, str, float]] = field(default_factory=dict)
     #: agents unregistered by an operator
     agent_deletes: list[str] = field(default_factory=list)
+    #: lock holders taken (lock, holder, weight, mode, since) and given back (lock, holder)
+    lock_takes: list[tuple[str, str, int, str, float]] = field(default_factory=list)
+    lock_gives: list[tuple[str, str]] = field(default_factory=list)
+    #: operator actions: (ts, who, origin, action, target, detail, outcome)
+    audit: list[tuple[float, str, str, str, str, str, str]] = field(default_factory=list)
+    #: forget finished runs and audit entries older than this wall-clock time
+    purge_before: float | None = None
     #: site settings that changed (key -> value), such as maintenance mode
     settings: dict[str, str] = field(default_factory=dict)
+    #: calendars, schedules, fires and one-off changes (engine.schedule_store)
+    schedules: ScheduleWrites = field(default_factory=ScheduleWrites)
 
     def __bool__(self) -> bool:
         return bool(
-            self.runs
+            self.schedules
+            or self.runs
             or self.jobs
             or self.attempts
             or self.jobnet_versions
@@ -85,6 +100,10 @@ class Changes:
             or self.agent_states
             or self.agent_deletes
             or self.settings
+            or self.audit
+            or self.purge_before is not None
+            or self.lock_takes
+            or self.lock_gives
         )
 
     def run(self, run: Run) -> None:
@@ -113,6 +132,15 @@ _UPSERT_REGISTRATION = (
 _UPSERT_MANAGER = (
     "INSERT INTO managers(holder, host, pid, role, started_at, seen_at) VALUES (?,?,?,?,?,?)"
     " ON CONFLICT(holder) DO UPDATE SET role=excluded.role, seen_at=excluded.seen_at"
+)
+_INSERT_AUDIT = "INSERT INTO audit(ts, who, origin, action, target, detail, outcome) VALUES (?,?,?,?,?,?,?)"
+#: Forgetting history older than a cutoff: the attempts and jobs of finished runs, the runs, the audit log.
+_OLD_RUNS = "SELECT run_id FROM runs WHERE state != 'running' AND ended_at < ?"
+_PURGE = (
+    f"DELETE FROM attempts WHERE run_id IN ({_OLD_RUNS})",
+    f"DELETE FROM jobs WHERE run_id IN ({_OLD_RUNS})",
+    "DELETE FROM runs WHERE state != 'running' AND ended_at < ?",
+    "DELETE FROM audit WHERE ts < ?",
 )
 _UPSERT_RUN = """
 INSERT INTO runs(run_id, jobnet, version, state, tenant, params, created_at, ended_at, held, dedupe_key)
@@ -366,6 +394,11 @@ class Store:
         async with self._w.execute("SELECT kind, name, body FROM agent_definitions") as cur:
             return [(str(k), str(n), str(b)) async for k, n, b in cur]
 
+    async def lock_holders(self) -> list[tuple[str, str, int]]:
+        """Every lock holder as ``(lock, holder, weight)``."""
+        async with self._w.execute("SELECT lock, holder, weight FROM lock_holders") as cur:
+            return [(str(lk), str(h), int(w)) async for lk, h, w in cur]
+
     async def agent_rows(self) -> list[tuple[str, str, str, float]]:
         """Every registered agent as ``(name, state, inventory, used_at)``."""
         async with self._w.execute("SELECT name, state, inventory, used_at FROM agents") as cur:
@@ -445,6 +478,11 @@ class Store:
         async with self._r.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
+    async def read_for_write(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a query on the writer connection: what the core reads between its own commits."""
+        async with self._w.execute(sql, params) as cur:
+            return [tuple(row) async for row in cur]
+
 
 def _statements(ch: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """The statements of one commit, in an order that respects references (a run before its jobs)."""
@@ -462,6 +500,14 @@ def _statements(ch: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
         (_UPSERT_AGENT_STATE, list(ch.agent_states.values())),
         (_UPSERT_REGISTRATION, ch.agents),
         ("INSERT OR REPLACE INTO site_settings(key, value) VALUES (?,?)", list(ch.settings.items())),
+        *ch.schedules.statements(),
+        ("DELETE FROM lock_holders WHERE lock=? AND holder=?", ch.lock_gives),
+        (
+            "INSERT OR REPLACE INTO lock_holders(lock, holder, weight, mode, acquired_at) VALUES (?,?,?,?,?)",
+            ch.lock_takes,
+        ),
+        (_INSERT_AUDIT, ch.audit),
+        *((sql, [(ch.purge_before,)]) for sql in _PURGE if ch.purge_before is not None),
     ]
 
 
@@ -525,28 +571,40 @@ async def _configure(db: aiosqlite.Connection) -> None:
     await db.execute("PRAGMA foreign_keys=ON")
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
+async def _schema_version(db: aiosqlite.Connection) -> int:
     async with db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'") as cur:
-        has_meta = await cur.fetchone() is not None
-    version = 0
-    if has_meta:
-        async with db.execute("SELECT value FROM meta WHERE key='schema_version'") as cur:
-            row = await cur.fetchone()
-        version = int(row[0]) if row else 0
-    if version > SCHEMA_VERSION:
-        raise StoreError(f"site database schema {version} is newer than this Ekiden ({SCHEMA_VERSION}); upgrade Ekiden")
-    for target in range(version, SCHEMA_VERSION):
+        if await cur.fetchone() is None:
+            return 0
+    async with db.execute("SELECT value FROM meta WHERE key='schema_version'") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    while True:
+        # The version is read under the write lock: the two managers of a pair often start together on a
+        # new site, and the one that waited must not apply again what the other just applied.
         await db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in MIGRATIONS[target].split(";"):
+            version = await _schema_version(db)
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"site database schema {version} is newer than this Ekiden ({SCHEMA_VERSION}); upgrade Ekiden"
+                )
+            if version == SCHEMA_VERSION:
+                await db.execute("ROLLBACK")
+                return
+            for statement in MIGRATIONS[version].split(";"):
                 if statement.strip():
                     await db.execute(statement)
-            await db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(target + 1),))
+            await db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(version + 1),)
+            )
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
             raise
-        logger.info("site database migrated to schema %d", target + 1)
+        logger.info("site database migrated to schema %d", version + 1)
 
 
 class SiteQueries:
@@ -625,11 +683,20 @@ class SiteQueries:
             for m in rows
         ]
 
-    async def runs(self, jobnet: str | None, limit: int) -> list[dict[str, Any]]:
-        """The newest runs, optionally of one jobnet, with job counts."""
-        where, params = ("WHERE r.jobnet=?", (jobnet, limit)) if jobnet else ("", (limit,))
+    async def audit(self, limit: int) -> list[dict[str, Any]]:
+        """The newest operator actions, newest first."""
         rows = await self._store.query(
-            "SELECT r.run_id, r.jobnet, r.version, r.state, r.created_at, r.ended_at,"
+            "SELECT ts, who, origin, action, target, detail, outcome FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [dict(r) | {"detail": orjson.loads(r["detail"])} for r in rows]
+
+    async def runs(self, jobnet: str | None, limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The newest runs, optionally of one jobnet and of one tenant only, with job counts."""
+        clauses = [c for c, v in (("r.jobnet=?", jobnet), ("r.tenant=?", tenant)) if v]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params = (*(v for v in (jobnet, tenant) if v), limit)
+        rows = await self._store.query(
+            "SELECT r.run_id, r.jobnet, r.version, r.state, r.tenant, r.created_at, r.ended_at,"
             " (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.run_id) AS total,"
             " (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.run_id AND j.state='succeeded') AS succeeded"
             f" FROM runs r {where} ORDER BY r.run_id DESC LIMIT ?",
@@ -641,6 +708,7 @@ class SiteQueries:
                 "jobnet": r["jobnet"],
                 "version": r["version"],
                 "state": r["state"],
+                "tenant": r["tenant"],
                 "created_at": r["created_at"],
                 "ended_at": r["ended_at"],
                 "jobs": r["total"],

@@ -1,9 +1,9 @@
-"""``python -m relay --name NAME --nats URL [--downstream URL] --db PATH [--max-backlog N]``."""
+"""``python -m relay --name NAME --upstream URL [--downstream URL] --db PATH [--metrics-port PORT]``."""
 
 import functools
 import sys
 
-from relay.errors import StoreError
+from relay.errors import MetricsError, StoreError
 from relay.service import serve
 from relay.settings import load
 from runtime.errors import ConfigError
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     configure(settings.log_level, json=settings.log_json, process="relay")
     try:
         run_main(functools.partial(serve, settings), f"relay {settings.name}")
-    except StoreError as exc:  # the database cannot be opened: say so without a traceback
+    except (StoreError, MetricsError) as exc:  # the database or the metrics port cannot be opened
         raise SystemExit(f"relay: {exc}") from None
 
 

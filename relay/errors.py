@@ -16,3 +16,13 @@ class StoreError(RelayError):
         self.path = path
         self.problem = problem
         super().__init__(f"relay database {path}: {problem}")
+
+
+class MetricsError(RelayError):
+    """The metrics endpoint cannot listen where it was told to: a setting to fix."""
+
+    def __init__(self, host: str, port: int, problem: str) -> None:
+        self.host = host
+        self.port = port
+        self.problem = problem
+        super().__init__(f"metrics endpoint {host}:{port}: {problem}")

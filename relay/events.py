@@ -1,12 +1,23 @@
-"""Carrying events back: take workers' events durably, ack them, and let the outbox deliver them upstream."""
+"""Carrying events back: take workers' events durably, pass them on, and ack them once the manager did.
 
+A worker's event batch is committed to the relay's SQLite (through the outbox, whose persistence is the
+relay's store) and sent upstream at once. The worker gets its ack when the manager acked those events, or
+after ``ack_wait_s`` if the manager is slow or unreachable, whichever comes first: from then on the relay
+alone holds them (store and forward). So in the normal case a relay that dies (SIGKILL, host gone) strands
+nothing: the worker did not get its ack, keeps its JetStream message, and sends the events again to another
+relay of the same name.
+"""
+
+import asyncio
 import logging
 import time
+from collections.abc import Iterable
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from relay.requests import answer, internal_error, refuse
+from relay.requests import answer, internal_error, refuse, serve_requests
+from runtime.epochs import EpochFence
 from runtime.outbox import EventOutbox
 from schemas import subjects
 from schemas.codec import decode, encode_one
@@ -16,24 +27,69 @@ from schemas.names import is_valid_name
 
 logger = logging.getLogger(__name__)
 
+#: Groups of event acks waiting for the manager at once; the next group's commit waits for a free one.
+MAX_WAITING_GROUPS = 32
+
 
 def route(env: Envelope) -> str:
     """Where the relay's outbox sends an event: the events subject of its server ID."""
     return subjects.events(env.sid)
 
 
+class ManagerAcks:
+    """Which events the manager has not acked yet, for those who wait for its acks (wire ``acked`` to the outbox)."""
+
+    def __init__(self) -> None:
+        self._unacked: set[str] = set()
+        self._progress = asyncio.Event()
+
+    def expect(self, eids: Iterable[str]) -> None:
+        """Events about to be put in the outbox."""
+        self._unacked.update(eids)
+
+    def acked(self, eids: list[str]) -> None:
+        """The outbox's ``on_acked``: the manager committed these."""
+        self._unacked.difference_update(eids)
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def wait(self, eids: set[str], timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the manager to ack every one of ``eids``; tell whether it did."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not eids.isdisjoint(self._unacked):
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
 class EventIntake:
     """Handles groups of requests on ``subjects.relay_events(name)`` from destination workers.
 
-    The events of the whole group are stored in one transaction through the outbox (whose persistence is
-    the relay's SQLite); only then does each worker get its ``ack`` with the event IDs it sent.
+    The events of the whole group are stored in one transaction through the outbox; then, in a task of its
+    own (so the next group commits meanwhile), the group waits for the manager's acks up to ``ack_wait_s``
+    and each worker gets its ``ack`` with the event IDs it sent.
     """
 
-    def __init__(self, outbox: EventOutbox) -> None:
+    def __init__(self, outbox: EventOutbox, acks: ManagerAcks, ack_wait_s: float = 0.0) -> None:
         self._outbox = outbox
+        self._acks = acks
+        self._ack_wait_s = ack_wait_s
+        self._waiting = asyncio.Semaphore(MAX_WAITING_GROUPS)
+        self._answers: asyncio.TaskGroup | None = None
+
+    async def serve(self, sub: Subscription) -> None:
+        """Take groups of requests on ``sub`` until it ends; return once every request is answered."""
+        async with asyncio.TaskGroup() as tg:
+            self._answers = tg
+            try:
+                await serve_requests(sub, self.handle)
+            finally:
+                self._answers = None
 
     async def handle(self, msgs: list[Msg]) -> None:
-        """Store and ack one group of event batches."""
+        """Store one group of event batches, then ack them (after the manager did, within the bound)."""
         taken: list[tuple[Msg, str, list[str]]] = []
         events: list[Envelope] = []
         for msg in msgs:
@@ -55,6 +111,8 @@ class EventIntake:
                     # Acked so the worker stops resending it: no manager could ever take it.
                     logger.warning("dropped event %s: server ID %r cannot be routed", eid, env.sid)
             taken.append((msg, batch[0].sid, eids))
+        stored = {str(env.payload["eid"]) for env in events}
+        self._acks.expect(stored)
         try:
             await self._outbox.put(events)
         except Exception:  # per-message handler: the workers get a retryable error and resend
@@ -62,13 +120,29 @@ class EventIntake:
             for msg, _, _ in taken:
                 await refuse(msg, internal_error("store the events"))
             return
-        now = time.time()
-        for msg, sid, eids in taken:
-            await answer(msg, encode_one(ack_for(eids, sid if is_valid_name(sid) else "", now)))
+        if self._answers is None or not self._ack_wait_s or not stored:
+            await _ack_all(taken)
+            return
+        await self._waiting.acquire()
+        self._answers.create_task(self._ack_when_passed_on(taken, stored))
+
+    async def _ack_when_passed_on(self, taken: list[tuple[Msg, str, list[str]]], stored: set[str]) -> None:
+        try:
+            if not await self._acks.wait(stored, self._ack_wait_s):
+                logger.debug("manager did not ack %d events within %g s: holding them", len(stored), self._ack_wait_s)
+            await _ack_all(taken)
+        finally:
+            self._waiting.release()
 
 
-async def serve_hello(sub: Subscription, outbox: EventOutbox) -> None:
-    """On every manager's ``hello``, send the events the manager has not acked again, now."""
+async def _ack_all(taken: list[tuple[Msg, str, list[str]]]) -> None:
+    now = time.time()
+    for msg, sid, eids in taken:
+        await answer(msg, encode_one(ack_for(eids, sid if is_valid_name(sid) else "", now)))
+
+
+async def serve_hello(sub: Subscription, outbox: EventOutbox, fence: EpochFence | None = None) -> None:
+    """On every manager's ``hello``, learn its epoch and send the events the manager has not acked again, now."""
     async for msg in sub.messages:
         try:
             envelopes = decode(msg.data)
@@ -78,6 +152,8 @@ async def serve_hello(sub: Subscription, outbox: EventOutbox) -> None:
         for env in envelopes:
             if env.kind == Kind.HELLO:
                 epoch = env.payload.get("epoch", env.epoch)
+                if fence is not None:
+                    fence.see_hello(env)
                 logger.info("hello from server %s (epoch %s): resending %d events", env.sid, epoch, len(outbox))
                 outbox.resend_all()
                 break

@@ -5,12 +5,15 @@ window by window with ``js.publish_async`` (header ``Nats-Msg-Id`` = attempt ID,
 crash or a lost PubAck is dropped by JetStream), and marks each window forwarded in one transaction once
 the PubAcks are in. A destination that fails (JetStream unreachable, stream missing) backs off on its own;
 the others go on. It sleeps on an event when there is nothing to do.
+
+It also tells which attempts are *queued* (JetStream acked their publish): the intake names them in its
+answer to the manager, which then knows it need not offer them again.
 """
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from itertools import islice
 
 from nats.js import JetStreamContext
@@ -53,7 +56,14 @@ class Forwarder:
         self._clock = clock
         #: destination -> attempt ID -> encoded dispatch, in arrival order
         self._held: dict[str, dict[str, bytes]] = {}
-        self._count = 0
+        #: every attempt ID in ``_held``
+        self._ids: set[str] = set()
+        #: held attempt IDs whose PubAck came, while their rows are being marked forwarded
+        self._pubacked: set[str] = set()
+        #: set (and replaced) whenever PubAcks came: wakes whoever waits for attempts to be queued
+        self._progress = asyncio.Event()
+        #: every destination this relay held or forwarded jobs for since it started
+        self._seen: set[str] = set()
         self._ensured: set[str] = set()
         self._retry_at: dict[str, float] = {}
         self._retry_s: dict[str, float] = {}
@@ -63,20 +73,39 @@ class Forwarder:
         self._stopping = False
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._ids)
 
     def backlog(self, dest: str) -> int:
         """Dispatches for ``dest`` not yet acked by JetStream."""
         return len(self._held.get(dest, ()))
 
+    def destinations(self) -> set[str]:
+        """Every destination held or forwarded to since the relay started."""
+        return set(self._seen)
+
+    def queued(self, attempt_ids: Iterable[str]) -> list[str]:
+        """Those of ``attempt_ids`` (each held or forwarded by this relay) that are in JetStream."""
+        return [aid for aid in attempt_ids if aid not in self._ids or aid in self._pubacked]
+
+    async def wait_queued(self, attempt_ids: Collection[str], timeout_s: float) -> list[str]:
+        """Wait up to ``timeout_s`` for the PubAcks of ``attempt_ids``; return those that are queued by then."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(self.queued(attempt_ids)) < len(attempt_ids):
+                    await self._progress.wait()
+        except TimeoutError:
+            pass
+        return self.queued(attempt_ids)
+
     def hold(self, dispatches: Iterable[HeldDispatch]) -> None:
         """Take committed dispatches to forward."""
         for d in dispatches:
+            self._seen.add(d.dest)
             per_dest = self._held.setdefault(d.dest, {})
             if d.attempt_id not in per_dest:
                 per_dest[d.attempt_id] = d.body
-                self._count += 1
-        if self._count:
+                self._ids.add(d.attempt_id)
+        if self._ids:
             self._idle.clear()
             self._wake.set()
 
@@ -148,6 +177,10 @@ class Forwarder:
             else:
                 forwarded.append((dest, aid))
         if forwarded:
+            # Queued from the PubAck on: the manager may be told at once, before the rows are marked.
+            self._pubacked.update(aid for _, aid in forwarded)
+            self._progress.set()
+            self._progress = asyncio.Event()
             await self._store.mark_forwarded(aid for _, aid in forwarded)
             self._release(forwarded)
         for dest in window:
@@ -165,13 +198,14 @@ class Forwarder:
 
     def _release(self, forwarded: list[tuple[str, str]]) -> None:
         for dest, aid in forwarded:
+            self._pubacked.discard(aid)
             per_dest = self._held.get(dest)
             if per_dest is not None and per_dest.pop(aid, None) is not None:
-                self._count -= 1
+                self._ids.discard(aid)
                 if not per_dest:
                     del self._held[dest]
         logger.debug("forwarded %d dispatches", len(forwarded))
-        if not self._count:
+        if not self._ids:
             self._idle.set()
 
     def _back_off(self, dest: str, exc: BaseException) -> None:

@@ -1,5 +1,6 @@
-"""Taking flexible jobs from managers: validate, commit to SQLite, then ack (accepted and refused)."""
+"""Taking flexible jobs from managers: validate, fence, commit to SQLite, then ack (accepted, queued, refused)."""
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -7,16 +8,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from relay.forwarding import Forwarder
-from relay.requests import answer, internal_error, refuse
+from relay.requests import answer, internal_error, refuse, serve_requests
 from relay.store import HeldDispatch, RelayStore
+from runtime.epochs import EpochFence
 from schemas.codec import decode, encode_one
 from schemas.errors import ErrorCode, WireError
 from schemas.messages import Envelope, JobSpec, Kind
 from schemas.names import is_valid_name
 
 logger = logging.getLogger(__name__)
+
+#: Groups of answers waiting for PubAcks at once; the next group's commit waits for a free one.
+MAX_ANSWERING_GROUPS = 32
 
 
 @dataclass(slots=True)
@@ -27,30 +33,55 @@ class _Request:
     sid: str
     candidates: list[HeldDispatch] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
 
     def refuse(self, aid: str, code: ErrorCode, reason: str) -> None:
         self.refused.append({"attempt_id": aid, "code": str(code), "reason": reason})
 
     def ack(self) -> bytes:
-        payload = {"accepted": self.accepted, "refused": self.refused}
+        payload = {"accepted": self.accepted, "queued": self.queued, "refused": self.refused}
         return encode_one(Envelope(kind=Kind.ACK, sid=self.sid, payload=payload, ts=time.time()))
 
 
 class DispatchIntake:
     """Handles groups of requests on ``subjects.relay_run(name)``.
 
-    Each dispatch is checked (``JobSpec.from_wire``, a destination, a routable server ID). New attempt IDs
-    are committed as held in one transaction for the whole group and handed to the forwarder; IDs the
-    relay already holds or forwarded are accepted again and not stored or forwarded twice. Only then is
-    each request answered. A destination whose backlog is at ``max_backlog`` gets ``unavailable``.
+    Each dispatch is checked (``JobSpec.from_wire``, a destination, a routable server ID, an epoch no lower
+    than the highest seen from its server ID). New attempt IDs are committed as held in one transaction for
+    the whole group and handed to the forwarder; IDs the relay already holds or forwarded are accepted
+    again and not stored or forwarded twice. Only then is each request answered: ``accepted`` names what
+    the relay holds, ``queued`` those of them already in JetStream (waited for up to ``queued_wait_s`` in a
+    task of its own, so the next group commits meanwhile). A destination whose backlog is at
+    ``max_backlog`` gets ``unavailable``; a dispatch from a stale epoch gets ``conflict``.
     """
 
-    def __init__(self, name: str, store: RelayStore, forwarder: Forwarder, max_backlog: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        store: RelayStore,
+        forwarder: Forwarder,
+        max_backlog: int,
+        fence: EpochFence | None = None,
+        queued_wait_s: float = 0.0,
+    ) -> None:
         self._name = name
         self._store = store
         self._forwarder = forwarder
         self._max_backlog = max_backlog
+        self._fence = fence or EpochFence()
+        self._queued_wait_s = queued_wait_s
+        self._answering = asyncio.Semaphore(MAX_ANSWERING_GROUPS)
+        self._answers: asyncio.TaskGroup | None = None
+
+    async def serve(self, sub: Subscription) -> None:
+        """Take groups of requests on ``sub`` until it ends; return once every request is answered."""
+        async with asyncio.TaskGroup() as tg:
+            self._answers = tg
+            try:
+                await serve_requests(sub, self.handle)
+            finally:
+                self._answers = None
 
     async def handle(self, msgs: list[Msg]) -> None:
         """Commit and answer one group of dispatch requests."""
@@ -76,8 +107,19 @@ class DispatchIntake:
             return
         if new:
             logger.debug("relay %s: holding %d new dispatches", self._name, len(new))
-        for r in requests:
-            await answer(r.msg, r.ack())
+        accepted = {aid for r in requests for aid in r.accepted}
+        if self._answers is None or not self._queued_wait_s or len(self._forwarder.queued(accepted)) == len(accepted):
+            await _answer_all(requests, self._forwarder.queued(accepted))
+            return
+        await self._answering.acquire()
+        self._answers.create_task(self._answer_when_queued(requests, accepted))
+
+    async def _answer_when_queued(self, requests: list["_Request"], accepted: set[str]) -> None:
+        try:
+            queued = await self._forwarder.wait_queued(accepted, self._queued_wait_s)
+            await _answer_all(requests, queued)
+        finally:
+            self._answering.release()
 
     async def _parse(self, msg: Msg) -> _Request | None:
         try:
@@ -91,10 +133,16 @@ class DispatchIntake:
                 logger.debug("relay %s: ignored a %s envelope on the dispatch subject", self._name, env.kind)
                 continue
             try:
-                request.candidates.append(_held(env))
+                held = _held(env)
             except ValueError as exc:
                 aid = env.payload.get("attempt_id")
                 request.refuse(aid if isinstance(aid, str) else "", ErrorCode.INVALID, str(exc))
+                continue
+            stale = self._fence.check(env)
+            if stale is not None:
+                request.refuse(held.attempt_id, ErrorCode.CONFLICT, stale)
+                continue
+            request.candidates.append(held)
         return request
 
     def _admit(self, requests: list[_Request], known: set[str]) -> list[HeldDispatch]:
@@ -116,6 +164,14 @@ class DispatchIntake:
         if any(r.refused for r in requests):
             logger.warning("relay %s: refused %d dispatches", self._name, sum(len(r.refused) for r in requests))
         return list(new.values())
+
+
+async def _answer_all(requests: list[_Request], queued: list[str]) -> None:
+    """Answer each request, naming which of its accepted attempts are ``queued``."""
+    in_stream = set(queued)
+    for r in requests:
+        r.queued = [aid for aid in r.accepted if aid in in_stream]
+        await answer(r.msg, r.ack())
 
 
 def _each(requests: list[_Request]) -> Iterator[tuple[_Request, HeldDispatch]]:

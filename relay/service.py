@@ -1,10 +1,12 @@
 """The relay process: wires intake, forwarder, event outbox and the two NATS sides, and stops them in order.
 
-Upstream (``--nats``, the managers' NATS): dispatch intake on ``subjects.relay_run(name)``, managers'
-hellos, and the outbox that sends events to ``subjects.events(sid)``. Downstream (``--downstream``, the
-destinations' NATS, or the same connection): JetStream for the forwarder and the workers' events on
-``subjects.relay_events(name)``. The downstream side connects in its own task, so the relay takes and
-holds dispatches even while the destinations' NATS is unreachable.
+Upstream (``--upstream``, the managers' NATS): dispatch intake on ``subjects.relay_run(name)``, managers'
+hellos, stats requests on ``subjects.relay_stats(name)``, and the outbox that sends events to
+``subjects.events(sid)``. Downstream (``--downstream``, the destinations' NATS, or the same connection):
+JetStream for the forwarder, the workers' events on ``subjects.relay_events(name)`` and their heartbeats on
+``subjects.all_dest_heartbeats()``. The downstream side connects in its own task, so the relay takes and
+holds dispatches even while the destinations' NATS is unreachable. With ``--metrics-port`` the same stats
+are served as Prometheus metrics.
 
 On stop: stop intake (drain the subscriptions, answering what was already received), forward what is
 held within ``shutdown_grace_s``, give the outbox ``outbox_grace_s`` to be acked, stop the rest, close the
@@ -17,14 +19,18 @@ import logging
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
-from relay.events import EventIntake, route, serve_hello
+from relay.events import EventIntake, ManagerAcks, route, serve_hello
 from relay.forwarding import MAX_INFLIGHT_PUBLISHES, Forwarder
 from relay.intake import DispatchIntake
-from relay.requests import serve_requests
+from relay.metrics import Snapshot, open_metrics
+from relay.presence import Presence
 from relay.settings import RelaySettings
+from relay.stats import Stats
 from relay.store import RelayStore
 from runtime.bus import connection, subscribe
+from runtime.epochs import EpochFence
 from runtime.outbox import EventOutbox
 from schemas import subjects
 
@@ -62,15 +68,37 @@ class Relay:
         self._store = store
         self._upstream = upstream
         self._forwarder = Forwarder(store)
-        self._outbox = EventOutbox(upstream, route, persistence=store, resend_after_s=settings.resend_after_s)
-        self._dispatches = DispatchIntake(settings.name, store, self._forwarder, settings.max_backlog)
-        self._events = EventIntake(self._outbox)
+        self._acks = ManagerAcks()
+        self._outbox = EventOutbox(
+            upstream, route, persistence=store, on_acked=self._acks.acked, resend_after_s=settings.resend_after_s
+        )
+        self._fence = EpochFence()
+        self._dispatches = DispatchIntake(
+            settings.name, store, self._forwarder, settings.max_backlog, self._fence, settings.queued_wait_s
+        )
+        self._events = EventIntake(self._outbox, self._acks, settings.event_ack_wait_s)
+        self._presence = Presence(settings.worker_heartbeat_s)
+        self._js: JetStreamContext | None = None
+        self._stats = Stats(settings.name, self._forwarder, self._presence, lambda: self._js)
         self._intake_stopped = asyncio.Event()
         self._downstream_stop = asyncio.Event()
         self._downstream_connected = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set; return once stopped in order."""
+        """Serve until ``stop`` is set; return once stopped in order.
+
+        Raises:
+            MetricsError: the metrics endpoint cannot be bound (before anything else starts).
+        """
+        s = self._settings
+        metrics = None if s.metrics_port is None else await open_metrics(s.metrics_host, s.metrics_port, self._snapshot)
+        try:
+            await self._serve(stop, metrics)
+        finally:
+            if metrics is not None:
+                metrics.close()
+
+    async def _serve(self, stop: asyncio.Event, metrics: asyncio.Server | None) -> None:
         held = await self._store.held()
         self._forwarder.hold(held)
         events = await self._store.events()
@@ -78,10 +106,14 @@ class Relay:
         logger.info("relay %s: %d dispatches held, %d events unacked at start", self._name, len(held), len(events))
         async with asyncio.TaskGroup() as tg:
             background = [tg.create_task(self._outbox.run()), tg.create_task(self._prune())]
+            if metrics is not None:
+                background.append(tg.create_task(metrics.serve_forever()))
             hello_sub = await subscribe(self._upstream, subjects.hello_all())
-            background.append(tg.create_task(serve_hello(hello_sub, self._outbox)))
+            background.append(tg.create_task(serve_hello(hello_sub, self._outbox, self._fence)))
+            stats_sub = await subscribe(self._upstream, subjects.relay_stats(self._name), subjects.RELAY_QUEUE)
+            background.append(tg.create_task(self._stats.serve(stats_sub)))
             run_sub = await subscribe(self._upstream, subjects.relay_run(self._name), subjects.RELAY_QUEUE)
-            intake = tg.create_task(serve_requests(run_sub, self._dispatches.handle))
+            intake = tg.create_task(self._dispatches.serve(run_sub))
             downstream = tg.create_task(self._downstream())
             logger.info("relay %s: taking dispatches on %s", self._name, run_sub.subject)
 
@@ -104,12 +136,14 @@ class Relay:
         )
         async with conn as nc:
             self._downstream_connected = True
-            js = nc.jetstream(publish_async_max_pending=MAX_INFLIGHT_PUBLISHES)
+            js = self._js = nc.jetstream(publish_async_max_pending=MAX_INFLIGHT_PUBLISHES)
             async with asyncio.TaskGroup() as tg:
                 forwarder = tg.create_task(self._forwarder.run(js))
+                beats_sub = await subscribe(nc, subjects.all_dest_heartbeats())
+                beats = tg.create_task(self._presence.serve(beats_sub))
                 if not self._intake_stopped.is_set():
                     evt_sub = await subscribe(nc, subjects.relay_events(self._name), subjects.RELAY_QUEUE)
-                    intake = tg.create_task(serve_requests(evt_sub, self._events.handle))
+                    intake = tg.create_task(self._events.serve(evt_sub))
                     logger.info("relay %s: downstream ready, taking events on %s", self._name, evt_sub.subject)
                     await self._intake_stopped.wait()
                     await _stop_intake(evt_sub, intake)
@@ -120,6 +154,13 @@ class Relay:
                         await forwarder
                 except TimeoutError:
                     logger.warning("relay %s: forwarder cancelled on stop", self._name)
+                beats.cancel()
+            self._js = None
+
+    async def _snapshot(self) -> Snapshot:
+        """What a metrics scrape shows."""
+        destinations = await self._stats.collect()
+        return Snapshot(self._name, destinations, len(self._outbox), self._js is not None)
 
     async def _finish(self) -> None:
         """Forward what is held and let the manager ack the events, each within its grace."""

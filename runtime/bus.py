@@ -2,16 +2,18 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from runtime.errors import BusError
+from runtime.credentials import read_credentials
+from runtime.errors import BusError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +34,41 @@ class BusSettings:
     """How to reach NATS."""
 
     url: str = "nats://127.0.0.1:4222"
+    #: an Ekiden credential or a NATS user-JWT creds file (see runtime.credentials)
     creds_file: str | None = None
     name: str = "ekiden"
     #: Give up on the first connection after this many seconds (0: keep trying forever).
     connect_deadline_s: float = 0.0
+    #: Reply-inbox prefix (None: the credential's, else NATS' ``_INBOX``).
+    inbox_prefix: str | None = None
+    #: CA bundle to verify the server's TLS certificate with (None: the credential's, else the system's).
+    tls_ca_file: str | None = None
+
+
+def _auth_options(settings: BusSettings) -> dict[str, Any]:
+    """nats-py options for the credential, inbox prefix and TLS of ``settings``.
+
+    Raises:
+        ConfigError: the credentials file is unreadable or malformed.
+    """
+    opts: dict[str, Any] = {}
+    inbox, ca = settings.inbox_prefix, settings.tls_ca_file
+    if settings.creds_file is not None:
+        creds = read_credentials(settings.creds_file)
+        if creds.is_jwt:
+            opts["user_credentials"] = creds.path
+        else:
+            opts["nkeys_seed_str"] = creds.seed
+        inbox = inbox or creds.inbox_prefix
+        ca = ca or creds.tls_ca_file
+    if inbox:
+        opts["inbox_prefix"] = inbox
+    if ca:
+        try:
+            opts["tls"] = ssl.create_default_context(cafile=ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the NATS TLS CA file {ca}: {exc}") from exc
+    return opts
 
 
 async def _on_error(exc: Exception) -> None:
@@ -55,33 +88,65 @@ async def connect(settings: BusSettings) -> Client:
 
     Raises:
         BusError: the deadline passed with no connection.
+        ConfigError: the credentials file is unreadable or malformed.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.connect_deadline_s if settings.connect_deadline_s else None
     delay_s = 0.1
+    auth = _auth_options(settings)  # a bad credentials file is a configuration error, not worth retrying
+    seen: dict[str, None] = {}  # what went wrong, in order, each once (a refusal, then the reset it causes)
+
+    async def on_error(exc: Exception) -> None:
+        seen[str(exc)] = None
+        await _on_error(exc)
+
     while True:
         try:
-            return await nats.connect(
-                servers=[settings.url],
-                name=settings.name,
-                user_credentials=settings.creds_file,
-                error_cb=_on_error,
-                disconnected_cb=_on_disconnected,
-                reconnected_cb=_on_reconnected,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=RECONNECT_WAIT_S,
-                ping_interval=PING_INTERVAL_S,
-                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-                connect_timeout=2,
-                pending_size=RECONNECT_BUFFER_BYTES,
-            )
-        except Exception as exc:  # nats.connect raises OSError, TimeoutError and its own errors
+            # nats-py itself retries a first connection for ever (refused, or not authorized) when told to
+            # reconnect for ever: the deadline has to cut it short from outside.
+            async with asyncio.timeout_at(deadline):
+                return await _connect_once(settings, auth, on_error)
+        except TimeoutError as exc:
+            if deadline is not None and loop.time() >= deadline:
+                why = " / ".join(list(seen)[:3]) or "timed out"
+                raise BusError(f"cannot reach NATS at {settings.url}: {why}") from exc
+            logger.warning("cannot reach NATS at %s (%s); retrying", settings.url, exc)
+        except Exception as exc:  # nats.connect raises OSError and its own errors
             if deadline is not None and loop.time() + delay_s > deadline:
                 raise BusError(f"cannot reach NATS at {settings.url}: {exc}") from exc
             logger.warning("cannot reach NATS at %s (%s); retrying", settings.url, exc)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, 2.0)
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, 2.0)
+
+
+async def _connect_once(
+    settings: BusSettings, auth: dict[str, Any], on_error: Callable[[Exception], Awaitable[None]]
+) -> Client:
+    nc = Client()
+    try:
+        await nc.connect(
+            servers=[settings.url],
+            name=settings.name,
+            **auth,
+            error_cb=on_error,
+            disconnected_cb=_on_disconnected,
+            reconnected_cb=_on_reconnected,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=RECONNECT_WAIT_S,  # type: ignore[arg-type]  # annotated int; it is any seconds
+            ping_interval=PING_INTERVAL_S,
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+            connect_timeout=2,
+            pending_size=RECONNECT_BUFFER_BYTES,
+        )
+    except BaseException:
+        # Cut short by the deadline: close the half-open connection rather than leave its socket behind.
+        try:
+            await nc.close()
+        except Exception as exc:  # closing what never opened may fail in many ways; nothing more to do
+            logger.debug("closing an unfinished connection: %s", exc)
+        raise
+    return nc
 
 
 async def subscribe(nc: Client, subject: str, queue: str = "") -> Subscription:

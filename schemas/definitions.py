@@ -17,19 +17,27 @@ A definition that does not validate is refused whole: ``DefinitionError`` carrie
 each with a path such as ``jobnet.nightly.job[3].after`` (job indexes count from 0).
 """
 
-import json
 import math
 import re
 import tomllib
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from schemas.calendars import Calendar, parse_calendar
+from schemas.fields import DefinitionError as DefinitionError
+from schemas.fields import FieldError as FieldError
+from schemas.fields import check_keys as _check_keys
+from schemas.fields import child as _child
+from schemas.fields import string as _string
 from schemas.names import is_valid_name
+from schemas.resources import Lock, LockUse, parse_lock_uses, parse_locks, parse_max_running
+from schemas.schedules import Schedule, parse_schedule
 
 _T = TypeVar("_T")
-_TOP_KEYS = frozenset({"jobnet", "destination", "agent", "group"})
-_JOBNET_KEYS = frozenset({"description", "tenant", "job"})
+_TOP_KEYS = frozenset({"jobnet", "destination", "agent", "group", "lock", "calendar", "schedule"})
+_JOBNET_KEYS = frozenset({"description", "tenant", "job", "locks", "max_running"})
 _JOB_KEYS = frozenset(
     {
         "id",
@@ -47,10 +55,12 @@ _JOB_KEYS = frozenset(
         "group",
         "broadcast",
         "restart",
+        "user",
+        "locks",
     }
 )
-_DEST_KEYS = frozenset({"relay", "restart", "tenant", "description"})
-_AGENT_KEYS = frozenset({"restart", "tenant", "description"})
+_DEST_KEYS = frozenset({"relay", "restart", "tenant", "description", "max_running"})
+_AGENT_KEYS = frozenset({"restart", "tenant", "description", "max_running"})
 _GROUP_KEYS = frozenset({"agents", "tenant", "description"})
 #: Relay name a destination uses when its definition names none.
 DEFAULT_RELAY = "main"
@@ -61,7 +71,9 @@ MAX_TIMEOUT_S = 30 * 24 * 3600
 #: A call target: a dotted module path, a colon, and a function name ("package.module:function").
 CALL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 _CALL_RE = re.compile(CALL_PATTERN)
-_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+#: An OS user name a job may run as (POSIX portable names; no leading '-').
+USER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"
+_USER_RE = re.compile(USER_PATTERN)
 #: Smallest number accepted inside a call job's args (msgpack's smallest integer), unitless.
 ARGS_MIN_NUMBER = -(2**63)
 #: Largest number accepted inside a call job's args (msgpack's largest integer), unitless.
@@ -74,25 +86,6 @@ class RestartAttribute(StrEnum):
     RESTART = "RESTART"
     PURGE = "PURGE"
     STOP = "STOP"
-
-
-@dataclass(frozen=True, slots=True)
-class FieldError:
-    """One problem in a definition, at a path."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-class DefinitionError(ValueError):
-    """A definition was refused; ``errors`` names every problem found."""
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(str(e) for e in errors))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +108,10 @@ class Job:
     broadcast: bool = False
     restart: bool = True
     description: str = ""
+    #: the OS user the job runs as (the agent must run as root and allow that user with --allow-user)
+    user: str | None = None
+    #: resource locks the job holds while it runs
+    locks: tuple[LockUse, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical map of this job, in the input format (defaults left out)."""
@@ -146,8 +143,10 @@ class Job:
             out["group"] = self.group
             if self.broadcast:
                 out["broadcast"] = True
-        if not self.restart:
-            out["restart"] = False
+        # restart only when off, user only when set
+        out |= {k: v for k, v in (("restart", self.restart), ("user", self.user)) if v is not None and v is not True}
+        if self.locks:
+            out["locks"] = [u.to_wire() for u in self.locks]
         return out
 
 
@@ -159,6 +158,10 @@ class Jobnet:
     jobs: tuple[Job, ...]
     description: str = ""
     tenant: str = DEFAULT_TENANT
+    #: resource locks each run holds from its first dispatch to its end
+    locks: tuple[LockUse, ...] = ()
+    #: jobs of this jobnet running at once, across its runs
+    max_running: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical map of this jobnet, in the input format."""
@@ -167,6 +170,10 @@ class Jobnet:
             out["description"] = self.description
         if self.tenant != DEFAULT_TENANT:
             out["tenant"] = self.tenant
+        if self.locks:
+            out["locks"] = [u.to_wire() for u in self.locks]
+        if self.max_running is not None:
+            out["max_running"] = self.max_running
         out["job"] = [j.to_dict() for j in self.jobs]
         return out
 
@@ -191,6 +198,8 @@ class Destination:
     restart: RestartAttribute = RestartAttribute.RESTART
     tenant: str = DEFAULT_TENANT
     description: str = ""
+    #: jobs of this destination running at once
+    max_running: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical map of this destination, in the input format."""
@@ -199,6 +208,8 @@ class Destination:
             out["tenant"] = self.tenant
         if self.description:
             out["description"] = self.description
+        if self.max_running is not None:
+            out["max_running"] = self.max_running
         return out
 
 
@@ -210,6 +221,8 @@ class Agent:
     restart: RestartAttribute = RestartAttribute.RESTART
     tenant: str = DEFAULT_TENANT
     description: str = ""
+    #: jobs running at once on this agent (besides its own slots)
+    max_running: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical map of this agent, in the input format."""
@@ -218,6 +231,8 @@ class Agent:
             out["tenant"] = self.tenant
         if self.description:
             out["description"] = self.description
+        if self.max_running is not None:
+            out["max_running"] = self.max_running
         return out
 
 
@@ -248,16 +263,25 @@ class Definitions:
     destinations: dict[str, Destination] = field(default_factory=dict)
     agents: dict[str, Agent] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
+    locks: dict[str, Lock] = field(default_factory=dict)
+    calendars: dict[str, Calendar] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical map of everything, in the input format (what JSON export writes)."""
         out: dict[str, Any] = {}
+        if self.calendars:
+            out["calendar"] = {n: c.to_dict() for n, c in sorted(self.calendars.items())}
+        if self.schedules:
+            out["schedule"] = {n: c.to_dict() for n, c in sorted(self.schedules.items())}
         if self.destinations:
             out["destination"] = {n: d.to_dict() for n, d in sorted(self.destinations.items())}
         if self.agents:
             out["agent"] = {n: a.to_dict() for n, a in sorted(self.agents.items())}
         if self.groups:
             out["group"] = {n: g.to_dict() for n, g in sorted(self.groups.items())}
+        if self.locks:
+            out["lock"] = {n: lk.to_dict() for n, lk in sorted(self.locks.items())}
         if self.jobnets:
             out["jobnet"] = {n: j.to_dict() for n, j in sorted(self.jobnets.items())}
         return out
@@ -276,8 +300,14 @@ def parse_toml(text: str, source: str = "<toml>") -> Definitions:
     return parse_definitions(data)
 
 
-def parse_definitions(data: Any) -> Definitions:
+def parse_definitions(data: Any, complete: bool = True) -> Definitions:
     """Validate a definitions map (from TOML or JSON) and build the model.
+
+    Args:
+        data: the map.
+        complete: the map is the whole set, so every calendar and jobnet a schedule or calendar names must be in
+            it; False for one file of several (``merge`` checks the set) or for what the manager adds to what it
+            already holds (it checks with ``reference_errors``).
 
     Raises:
         DefinitionError: with every problem found, each named by its path.
@@ -290,6 +320,9 @@ def parse_definitions(data: Any) -> Definitions:
     destinations = _parse_destinations(data.get("destination", {}), errors)
     agents = _parse_agents(data.get("agent", {}), errors)
     groups = _parse_groups(data.get("group", {}), errors)
+    locks = parse_locks(data.get("lock", {}), errors)
+    calendars = _parse_tables(data.get("calendar", {}), "calendar", parse_calendar, errors)
+    schedules = _parse_tables(data.get("schedule", {}), "schedule", parse_schedule, errors)
     jobnets: dict[str, Jobnet] = {}
     raw_nets = data.get("jobnet", {})
     if not isinstance(raw_nets, dict):
@@ -299,16 +332,32 @@ def parse_definitions(data: Any) -> Definitions:
         net = _parse_jobnet(str(name), body, errors)
         if net is not None:
             jobnets[net.name] = net
+    if complete and not errors:
+        errors.extend(reference_errors(calendars, schedules, jobnets))
     if errors:
         raise DefinitionError(errors)
-    return Definitions(jobnets=jobnets, destinations=destinations, agents=agents, groups=groups)
+    return Definitions(
+        jobnets=jobnets,
+        destinations=destinations,
+        agents=agents,
+        groups=groups,
+        locks=locks,
+        calendars=calendars,
+        schedules=schedules,
+    )
 
 
-def merge(parts: list[Definitions]) -> Definitions:
+def merge(parts: list[Definitions], complete: bool = True) -> Definitions:
     """Combine definitions read from several files.
 
+    Args:
+        parts: the files' definitions.
+        complete: the files are the whole set, so what schedules and calendars name must be among them (False
+            for a set applied to a manager that may hold the rest: it checks).
+
     Raises:
-        DefinitionError: a jobnet, destination, agent or group is defined twice.
+        DefinitionError: a jobnet, destination, agent or group is defined twice, or (``complete``) a schedule or
+            calendar names what is not in the set.
     """
     errors: list[FieldError] = []
     merged = Definitions(
@@ -316,10 +365,55 @@ def merge(parts: list[Definitions]) -> Definitions:
         destinations=_merged("destination", [p.destinations for p in parts], errors),
         agents=_merged("agent", [p.agents for p in parts], errors),
         groups=_merged("group", [p.groups for p in parts], errors),
+        locks=_merged("lock", [p.locks for p in parts], errors),
+        calendars=_merged("calendar", [p.calendars for p in parts], errors),
+        schedules=_merged("schedule", [p.schedules for p in parts], errors),
     )
+    if complete and not errors:
+        errors.extend(reference_errors(merged.calendars, merged.schedules, merged.jobnets))
     if errors:
         raise DefinitionError(errors)
     return merged
+
+
+def reference_errors(
+    calendars: Mapping[str, Calendar],
+    schedules: Mapping[str, Schedule],
+    jobnets: Collection[str],
+    registered: Mapping[str, Calendar] | None = None,
+) -> list[FieldError]:
+    """What the calendars and schedules name that does not exist, and cycles of calendars naming each other.
+
+    Args:
+        calendars: the calendars being defined.
+        schedules: the schedules being defined.
+        jobnets: every jobnet name a schedule may start.
+        registered: calendars that already exist (the manager's), overridden by ``calendars``.
+    """
+    known = {**(registered or {}), **calendars}
+    errors: list[FieldError] = []
+    for name, cal in sorted(calendars.items()):
+        for missing in sorted(cal.references() - set(known)):
+            errors.append(FieldError(f"calendar.{name}", f"names unknown calendar {missing!r}"))
+    for name, sched in sorted(schedules.items()):
+        if sched.jobnet not in jobnets:
+            errors.append(FieldError(f"schedule.{name}.jobnet", f"unknown jobnet {sched.jobnet!r}"))
+        for missing in sorted(sched.references() - set(known)):
+            errors.append(FieldError(f"schedule.{name}", f"names unknown calendar {missing!r}"))
+    cycle = find_cycle({n: tuple(sorted(c.references() & set(known))) for n, c in known.items()})
+    if cycle:
+        errors.append(FieldError(f"calendar.{cycle[0]}", "calendars name each other in a cycle: " + " -> ".join(cycle)))
+    return errors
+
+
+def _parse_tables(
+    raw: Any, kind: str, parse: Callable[[str, Any, list[FieldError]], _T | None], errors: list[FieldError]
+) -> dict[str, _T]:
+    if not isinstance(raw, dict):
+        errors.append(FieldError(kind, f"must be a table of {kind}s"))
+        return {}
+    found = {str(name): parse(str(name), body, errors) for name, body in raw.items()}
+    return {name: item for name, item in found.items() if item is not None}
 
 
 def _merged(kind: str, tables: list[dict[str, _T]], errors: list[FieldError]) -> dict[str, _T]:
@@ -364,7 +458,8 @@ def _parse_agents(raw: Any, errors: list[FieldError]) -> dict[str, Agent]:
     for name, (path, body) in _named_tables(raw, "agent", _AGENT_KEYS, errors).items():
         restart = _restart_attribute(body, path, errors)
         tenant = _tenant(body, path, errors)
-        out[name] = Agent(name, restart, tenant, _string(body, "description", path, errors) or "")
+        desc = _string(body, "description", path, errors) or ""
+        out[name] = Agent(name, restart, tenant, desc, parse_max_running(body, path, errors))
     return out
 
 
@@ -403,7 +498,8 @@ def _parse_destinations(raw: Any, errors: list[FieldError]) -> dict[str, Destina
         restart = _restart_attribute(body, path, errors)
         tenant = _tenant(body, path, errors)
         desc = _string(body, "description", path, errors) or ""
-        out[name] = Destination(str(name), str(relay), restart, tenant, desc)
+        limit = parse_max_running(body, path, errors)
+        out[name] = Destination(str(name), str(relay), restart, tenant, desc, limit)
     return out
 
 
@@ -456,7 +552,9 @@ def _parse_jobnet(name: str, body: Any, errors: list[FieldError]) -> Jobnet | No
             errors.append(FieldError(path, "dependency cycle: " + " -> ".join(cycle)))
     desc = _string(body, "description", path, errors) or ""
     tenant = _tenant(body, path, errors)
-    return Jobnet(name=name, jobs=tuple(jobs), description=desc, tenant=tenant)
+    locks = parse_lock_uses(body.get("locks"), f"{path}.locks", errors)
+    limit = parse_max_running(body, path, errors)
+    return Jobnet(name=name, jobs=tuple(jobs), description=desc, tenant=tenant, locks=locks, max_running=limit)
 
 
 def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:
@@ -490,6 +588,8 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:
     if not isinstance(restart, bool):
         errors.append(FieldError(f"{path}.restart", "must be true or false"))
     desc = _string(raw, "description", path, errors) or ""
+    locks = parse_lock_uses(raw.get("locks"), f"{path}.locks", errors)
+    user = _user(raw, call is not None, path, errors)
     if len(errors) != before:
         return None
     return Job(
@@ -508,6 +608,8 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:
         broadcast=broadcast,
         restart=restart,
         description=desc,
+        user=user,
+        locks=locks,
     )
 
 
@@ -575,39 +677,6 @@ def _command(
     return tuple(cmd), None, None
 
 
-def _string(raw: dict[str, Any], key: str, path: str, errors: list[FieldError]) -> str | None:
-    value = raw.get(key)
-    if value is not None and not isinstance(value, str):
-        errors.append(FieldError(f"{path}.{key}", "must be a string"))
-        return None
-    return value
-
-
-def _child(path: str, key: object) -> str:
-    """The path of ``key`` under ``path``: ``path.key``, or ``path["key"]`` when the key is not plain.
-
-    Keys come from the input and may hold dots, spaces or newlines; quoting them keeps every path on one line
-    and unambiguous (``jobnet["a.b"]`` is one jobnet, not a key ``b`` inside jobnet ``a``).
-    """
-    text = str(key)
-    if _PLAIN_KEY_RE.fullmatch(text):
-        return f"{path}.{text}" if path else text
-    return f"{path}[{json.dumps(text, ensure_ascii=False)}]"
-
-
-def _check_keys(raw: dict[str, Any], allowed: frozenset[str], path: str, errors: list[FieldError]) -> dict[str, Any]:
-    """Report unknown keys and null values; return the table without its nulls.
-
-    TOML has no null, but a JSON import can hold one. It is refused rather than read as "absent", so that the
-    JSON Schema (which allows no nulls) and this validator accept exactly the same documents.
-    """
-    for key in sorted(set(raw) - allowed, key=str):
-        errors.append(FieldError(_child(path, key), "unknown key"))
-    for key in sorted((k for k, v in raw.items() if v is None and k in allowed), key=str):
-        errors.append(FieldError(_child(path, key), "must not be null (leave the key out instead)"))
-    return {k: v for k, v in raw.items() if v is not None}
-
-
 def _args(raw: dict[str, Any], path: str, errors: list[FieldError]) -> dict[str, Any]:
     """A call job's keyword arguments: a table of JSON data, each number within what msgpack can carry."""
     args = raw.get("args", {})
@@ -639,6 +708,20 @@ def _args(raw: dict[str, Any], path: str, errors: list[FieldError]) -> dict[str,
             # TOML dates and times land here: neither JSON export nor the msgpack wire can carry them.
             errors.append(FieldError(where, "must be JSON data (string, number, boolean, array, table); use a string"))
     return args
+
+
+def _user(raw: dict[str, Any], is_call: bool, path: str, errors: list[FieldError]) -> str | None:
+    """The OS user a job runs as: a portable user name, and never for a call job (it runs inside the agent)."""
+    user = raw.get("user")
+    if user is None:
+        return None
+    if not isinstance(user, str) or not _USER_RE.fullmatch(user):
+        errors.append(FieldError(f"{path}.user", "must be a user name (letters, digits, '_', '-', '.'; at most 32)"))
+        return None
+    if is_call:
+        errors.append(FieldError(f"{path}.user", "a call job runs inside the agent's process and cannot change user"))
+        return None
+    return user
 
 
 def _env(raw: dict[str, Any], path: str, errors: list[FieldError]) -> dict[str, str]:

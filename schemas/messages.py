@@ -78,9 +78,18 @@ def job_run_id(run_id: str, job_id: str) -> str:
     return f"{run_id}:{job_id}"
 
 
-def event_id(attempt: str, kind: Kind, seq: int = 0) -> str:
-    """The ID an event is acked by: its attempt, kind and sequence (heartbeats and output count up)."""
-    return f"{attempt}:{kind}:{seq}"
+#: Characters of an attempt token that an event ID carries.
+TOKEN_FINGERPRINT_CHARS = 12
+
+
+def event_id(attempt: str, kind: Kind, seq: int = 0, token: str = "") -> str:
+    """The ID an event is acked by: its attempt, kind and sequence (heartbeats and output count up).
+
+    With the attempt's token, the ID ends with a piece of it, so that a forged event (wrong token) never
+    has the ID of the genuine one and cannot take its place in an outbox keyed by event ID.
+    """
+    base = f"{attempt}:{kind}:{seq}"
+    return f"{base}:{token[:TOKEN_FINGERPRINT_CHARS]}" if token else base
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +111,10 @@ class JobSpec:
     dest: str | None = None
     relay: str | None = None
     restart: bool = True
+    #: the attempt token the manager made for (attempt, target, epoch); every event of the attempt echoes it
+    token: str = ""
+    #: the OS user to run the job as (the agent must run as root and allow that user)
+    user: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The payload map of a ``dispatch`` envelope."""
@@ -121,6 +134,8 @@ class JobSpec:
             "dest": self.dest,
             "relay": self.relay,
             "restart": self.restart,
+            "token": self.token,
+            "user": self.user,
         }
 
     @classmethod
@@ -161,6 +176,8 @@ class JobSpec:
             dest=_opt_str(data, "dest"),
             relay=_opt_str(data, "relay"),
             restart=bool(data.get("restart", True)),
+            token=_opt_str(data, "token") or "",
+            user=_opt_str(data, "user"),
         )
         if sum(x is not None for x in (spec.argv, spec.shell, spec.call)) != 1:
             raise ValueError("exactly one of argv, shell and call must be set")
@@ -251,10 +268,13 @@ class Finished:
 def event_for(dispatch: Envelope, kind: Kind, payload: dict[str, Any], ts: float, seq: int = 0) -> Envelope:
     """An event about the attempt that ``dispatch`` carried, routed back to the same server ID and epoch.
 
-    ``payload`` gets the event's ``eid`` and ``attempt_id`` added.
+    ``payload`` gets the event's ``eid``, ``attempt_id`` and the dispatch's attempt ``token`` added (the
+    manager refuses an event whose token is not the one it made for that attempt).
     """
     attempt = dispatch.payload["attempt_id"]
-    body = {"eid": event_id(attempt, kind, seq), "attempt_id": attempt, **payload}
+    token = dispatch.payload.get("token")
+    token = token if isinstance(token, str) else ""
+    body = {**payload, "eid": event_id(attempt, kind, seq, token), "attempt_id": attempt, "token": token}
     return Envelope(
         kind=kind,
         sid=dispatch.sid,

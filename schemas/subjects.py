@@ -1,6 +1,6 @@
 """Every NATS subject, stream and consumer name Ekiden uses, built in one place."""
 
-from schemas.names import check_name
+from schemas.names import check_name, is_valid_name
 
 #: Root token of every subject.
 ROOT = "ekiden"
@@ -14,16 +14,38 @@ MANAGER_QUEUE = "manager"
 RELAY_QUEUE = "relay"
 #: The durable pull consumer that every worker of a destination shares.
 DEST_CONSUMER = "workers"
+#: API subject token of a caller who sees every tenant (the admin); never a valid tenant name.
+ALL_TENANTS = "_all"
 
 
-def api(sid: str, verb: str) -> str:
-    """Request-reply control API verb of the manager holding server ID ``sid``."""
-    return f"{ROOT}.{check_name(sid, 'server id')}.api.{verb}"
+def _tenant_token(tenant: str) -> str:
+    return tenant if tenant == ALL_TENANTS else check_name(tenant, "tenant")
+
+
+def api(sid: str, verb: str, tenant: str = ALL_TENANTS) -> str:
+    """Request-reply control API verb of the manager holding server ID ``sid``, asked as ``tenant``.
+
+    The tenant token is what NATS permissions pin an operator's credential to, so the manager can trust
+    it: an operator of tenant ``a`` can publish only on ``ekiden.<sid>.api.a.*``. ``ALL_TENANTS`` asks as
+    the admin, who sees every tenant.
+    """
+    return f"{ROOT}.{check_name(sid, 'server id')}.api.{_tenant_token(tenant)}.{check_name(verb, 'API verb')}"
 
 
 def api_all(sid: str) -> str:
-    """Wildcard the active manager subscribes to for every API verb."""
-    return f"{ROOT}.{check_name(sid, 'server id')}.api.*"
+    """Wildcard the active manager subscribes to for every API verb of every tenant."""
+    return f"{ROOT}.{check_name(sid, 'server id')}.api.*.*"
+
+
+def api_caller(subject: str) -> tuple[str, str] | None:
+    """``(tenant, verb)`` of an API subject, or None if it is not one (the manager's side of ``api``)."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != ROOT or parts[2] != "api":
+        return None
+    tenant, verb = parts[3], parts[4]
+    if tenant != ALL_TENANTS and not is_valid_name(tenant):
+        return None
+    return tenant, verb
 
 
 def events(sid: str) -> str:
@@ -41,14 +63,19 @@ def hello_all() -> str:
     return f"{ROOT}.*.hello"
 
 
-def run_updates(sid: str, run_id: str) -> str:
-    """Live state changes of one run, published after they are committed."""
-    return f"{ROOT}.{check_name(sid, 'server id')}.run.{check_name(run_id, 'run id')}"
+def run_updates(sid: str, run_id: str, tenant: str | None = None) -> str:
+    """Live state changes of one run of ``tenant``, published after they are committed.
+
+    The manager publishes with the run's tenant; a follower that does not know it (the admin) passes None
+    and subscribes to the run under any tenant.
+    """
+    token = "*" if tenant is None else check_name(tenant, "tenant")
+    return f"{ROOT}.{check_name(sid, 'server id')}.run.{token}.{check_name(run_id, 'run id')}"
 
 
 def all_run_updates(sid: str) -> str:
-    """Live state changes of every run of ``sid``."""
-    return f"{ROOT}.{check_name(sid, 'server id')}.run.*"
+    """Live state changes of every run of ``sid``, of every tenant."""
+    return f"{ROOT}.{check_name(sid, 'server id')}.run.*.*"
 
 
 def agent_run(name: str) -> str:
@@ -81,6 +108,11 @@ def dest_heartbeat(name: str) -> str:
     return f"{ROOT}.dest.{check_name(name, 'destination')}.hb"
 
 
+def all_dest_heartbeats() -> str:
+    """Wildcard a relay subscribes to (downstream) to count the workers of every destination."""
+    return f"{ROOT}.dest.*.hb"
+
+
 def dest_run(name: str) -> str:
     """Subject of a destination's JetStream work-queue stream."""
     return f"{ROOT}.dest.{check_name(name, 'destination')}.run"
@@ -99,3 +131,75 @@ def control_all() -> str:
 def control(attempt_id: str) -> str:
     """Kill and signal requests for whoever runs this attempt."""
     return f"{ROOT}.ctl.{attempt_id}"
+
+
+# -- what NATS permissions name (see ekiden.natsauth and docs/security.md) ------------------------------
+
+#: Prefix of JetStream's API subjects.
+JS_API = "$JS.API"
+
+
+def inbox_prefix(role: str, name: str) -> str:
+    """The reply-inbox prefix of one credential: its holder may subscribe under it and nowhere else's."""
+    return f"_INBOX.{check_name(role, 'role')}.{check_name(name, 'credential')}"
+
+
+def under(prefix: str) -> str:
+    """Every subject below ``prefix`` (a permission pattern)."""
+    return f"{prefix}.>"
+
+
+def all_events() -> str:
+    """Events subjects of every server ID (agents and relays report to whichever manager sent the job)."""
+    return f"{ROOT}.*.evt"
+
+
+def all_agent_runs() -> str:
+    """Dispatch subjects of every standard agent."""
+    return f"{ROOT}.agent.*.run"
+
+
+def all_relay_runs() -> str:
+    """Dispatch subjects of every relay name."""
+    return f"{ROOT}.relay.*.run"
+
+
+def all_relay_events() -> str:
+    """Events subjects of every relay name (a worker reports to the relay its job names)."""
+    return f"{ROOT}.relay.*.evt"
+
+
+def all_relay_stats() -> str:
+    """Stats subjects of every relay name."""
+    return f"{ROOT}.relay.*.stats"
+
+
+def all_dest_runs() -> str:
+    """Every destination's work-queue subject (relays publish into the streams)."""
+    return f"{ROOT}.dest.*.run"
+
+
+def api_grant(tenant: str, verb: str = "*") -> str:
+    """An operator's API grant: ``verb`` (or every verb) of any server ID, as ``tenant`` (``ALL_TENANTS``: admin)."""
+    token = _tenant_token(tenant)
+    return f"{ROOT}.*.api.{token}.{verb if verb == '*' else check_name(verb, 'API verb')}"
+
+
+def run_updates_grant(tenant: str | None) -> str:
+    """Progress of every run of ``tenant`` (None: of every tenant) of any server ID."""
+    return f"{ROOT}.*.run.{'*' if tenant is None else check_name(tenant, 'tenant')}.*"
+
+
+def js_stream_api(action: str, stream: str = "*") -> str:
+    """A JetStream stream API subject (``action``: ``STREAM.INFO``, ``STREAM.CREATE``, ``STREAM.MSG.GET``...)."""
+    return f"{JS_API}.{action}.{stream}"
+
+
+def js_consumer_api(action: str, stream: str = "*", consumer: str = DEST_CONSUMER) -> str:
+    """A JetStream consumer API subject (``action``: ``CONSUMER.INFO``, ``CONSUMER.MSG.NEXT``...)."""
+    return f"{JS_API}.{action}.{stream}.{consumer}"
+
+
+def js_acks(stream: str, consumer: str = DEST_CONSUMER) -> str:
+    """Acks (and naks, in-progress, terms) of messages delivered by one consumer."""
+    return f"$JS.ACK.{stream}.{consumer}.>"

@@ -113,10 +113,12 @@ async def test_sigterm_hands_unfinished_jobs_back_and_exits_0(
     assert await _stream_messages(js, dest) == 1
 
 
-async def test_redelivered_job_without_restart_is_lost_not_run(
-    js: JetStreamContext, spawn: Spawn, relay: EventSink, dest: str, relay_name: str, sid: str
+@pytest.mark.parametrize("restart", [True, False])
+async def test_a_redelivered_job_is_reported_lost_not_run(
+    js: JetStreamContext, spawn: Spawn, relay: EventSink, dest: str, relay_name: str, sid: str, restart: bool
 ) -> None:
-    once = _job(sid, relay_name, "once", argv=("true",), restart=False)
+    # Whatever the job's restart setting: running it again is the manager's decision, never the worker's.
+    once = _job(sid, relay_name, "once", argv=("true",), restart=restart)
     await _put(js, dest, sid, once)
     # Take the first delivery ourselves and hand it back, as a worker that died would (after AckWait).
     pulls = await js.pull_subscribe_bind(durable=subjects.DEST_CONSUMER, stream=subjects.dest_stream(dest))
@@ -126,8 +128,9 @@ async def test_redelivered_job_without_restart_is_lost_not_run(
     worker = _worker(spawn, dest)
     fin = Finished.from_wire((await relay.finished(once.attempt_id)).payload)
     assert fin.status == JobStatus.LOST
+    assert fin.reason == "delivered 2 times, the executor before was lost"
     assert not relay.of(once.attempt_id, Kind.STARTED)
-    await _wait_stream_empty(js, dest)
+    await _wait_stream_empty(js, dest)  # acked: the manager decides what comes next
     worker.terminate()
     assert await worker.wait_exit() == 0
 

@@ -22,8 +22,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, ApiClient]]:
-    """The embedded stack with one relay, two workers of destination 'cloud' and agent 'local'."""
-    stack = Stack(tmp_path / "site")
+    """The embedded stack with one relay, two workers of destination 'cloud' and agent 'local'.
+
+    Without NATS credentials, so one client can reach every subject (the secured stack is test_security's).
+    """
+    stack = Stack(tmp_path / "site", secure=False)
     plan = StackPlan(relays=("main",), destinations=("cloud",), agents=("local",))
     try:
         await stack.start(plan)

@@ -85,6 +85,14 @@ class ScriptedAgent:
                 await self.arrived.wait()
         return self.dispatches
 
+    async def wait_for_run(self, run_id: str, timeout_s: float = 10.0) -> Envelope:
+        """The first dispatch of a job of ``run_id``, once it arrives."""
+        async with asyncio.timeout(timeout_s):
+            while not any(d.run_id == run_id for d in self.dispatches):
+                self.arrived.clear()
+                await self.arrived.wait()
+        return next(d for d in self.dispatches if d.run_id == run_id)
+
     def dispatch_of(self, job: str) -> Envelope:
         return next(e for e in reversed(self.dispatches) if e.payload["job"] == job)
 

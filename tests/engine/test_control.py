@@ -110,7 +110,7 @@ async def test_kill_reaches_the_executor_and_a_killed_run_ends_stopped(
         await agent.report([event_for(long, Kind.STARTED, {"host": "h", "pid": 7}, time.time())])
         await asyncio.sleep(0.2)
         assert (await api.call("kill", run=run))["killed"] == 2
-        seen = set()
+        seen: set[str] = set()
         async with asyncio.timeout(10):
             while len(seen) < 2:
                 msg = await kills.next_msg(timeout=10)

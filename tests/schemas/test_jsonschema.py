@@ -80,6 +80,7 @@ ACCEPTED: list[Any] = [
     {"jobnet": {"X" * 64: {"job": [_job(id="0" * 64)]}}},
     _net(_job(agent=..., group="etl"), _job(id="b", agent=..., group="etl", broadcast=True)),
     {"agent": {"h": {"restart": "STOP", "tenant": "t"}}, "group": {"etl": {"agents": ["h", "i"]}}},
+    _net(_job(user="batch"), _job(id="b", cmd="id -u", shell=True, user="svc.etl-1")),
 ]
 
 REFUSED: list[Any] = [
@@ -143,6 +144,12 @@ REFUSED: list[Any] = [
     {"destination": {"d": {"relay": "r r"}}},
     {"destination": {"d": {"restart": "restart"}}},
     {"destination": {"d": {"tenant": 1}}},
+    _net(_job(user="")),
+    _net(_job(user="-rf")),
+    _net(_job(user="a b")),
+    _net(_job(user=0)),
+    _net(_job(user="x" * 33)),
+    _net(_job(cmd=..., call="m:f", user="batch")),
 ]
 
 #: Refused by the validator's rules across jobs, which JSON Schema cannot state; the schema lets them pass.
