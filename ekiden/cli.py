@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show a run")
     s.add_argument("run")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--watch", action="store_true", help="follow the run live until it ends")
     add_connection_args(s)
 
     s = sub.add_parser("ls", help="list jobnets, runs or agents")
@@ -205,7 +206,7 @@ async def _start_and_watch(
     out = sys.stdout if follow and not as_json else io.StringIO()
     try:
         async with asyncio.timeout(timeout_s):
-            doc = await RunFollower(client, run_id, out).follow()
+            doc = await RunFollower(client, run_id, out, screen=follow and out.isatty()).follow()
     except TimeoutError:
         print(f"ekiden: run {run_id} still running after {timeout_s:g}s", file=sys.stderr)
         return EXIT_WAIT_TIMEOUT
@@ -220,6 +221,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
     """``ekiden status``."""
     client = await _client(args)
     try:
+        if args.watch and not args.json:
+            doc = await RunFollower(client, args.run, sys.stdout, screen=sys.stdout.isatty()).follow()
+            return RUN_EXIT.get(doc["state"], EXIT_RUN_FAILED)
         doc = await client.call("status", run=args.run)
     finally:
         await client.close()

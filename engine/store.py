@@ -40,6 +40,8 @@ FENCED_TABLES = (
     "fires",
     "schedule_changes",
 )
+#: Bytes of the end of each stream a status document shows per job.
+OUTPUT_TAIL_BYTES = 512
 #: The attempt columns recovery reads, in the order ``engine.core`` builds attempts from.
 _ATTEMPT_COLUMNS = (
     "a.attempt_id, a.n, a.target, a.dispatched_at, a.accepted_at, a.started_at, a.host, a.pid, a.status, a.queued_at"
@@ -484,6 +486,11 @@ class Store:
             return [tuple(row) async for row in cur]
 
 
+def _text(data: bytes | None) -> str:
+    """Captured output as text for a JSON document (a cut multibyte character becomes U+FFFD)."""
+    return data.decode("utf-8", errors="replace") if data else ""
+
+
 def _statements(ch: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """The statements of one commit, in an order that respects references (a run before its jobs)."""
     return [
@@ -618,7 +625,8 @@ class SiteQueries:
         if not run_id.isdigit():
             return None
         rows = await self._store.query(
-            "SELECT r.run_id, r.jobnet, r.version, r.state, r.tenant, r.params, r.created_at, r.ended_at, v.body"
+            "SELECT r.run_id, r.jobnet, r.version, r.state, r.tenant, r.params, r.created_at, r.ended_at, v.body,"
+            " r.held, r.dedupe_key"
             " FROM runs r JOIN jobnet_versions v ON v.name = r.jobnet AND v.version = r.version WHERE r.run_id=?",
             (int(run_id),),
         )
@@ -630,7 +638,9 @@ class SiteQueries:
         broadcast = {j["id"]: j.get("group") for j in body_jobs if j.get("broadcast")}
         jobs = await self._store.query(
             "SELECT j.job_id, j.state, j.attempts, j.exit_code, j.started_at, j.ended_at, j.reason, a.target, a.host,"
-            " a.attempt_id FROM jobs j LEFT JOIN attempts a ON a.attempt_id = j.attempt_id WHERE j.run_id=?",
+            f" a.attempt_id, substr(a.stdout, -{OUTPUT_TAIL_BYTES}) AS out_tail,"
+            f" substr(a.stderr, -{OUTPUT_TAIL_BYTES}) AS err_tail"
+            " FROM jobs j LEFT JOIN attempts a ON a.attempt_id = j.attempt_id WHERE j.run_id=?",
             (int(run_id),),
         )
         job_docs = [
@@ -645,6 +655,7 @@ class SiteQueries:
                 "started_at": j["started_at"],
                 "ended_at": j["ended_at"],
                 "reason": j["reason"],
+                "output_tail": {"stdout": _text(j["out_tail"]), "stderr": _text(j["err_tail"])},
             }
             for j in jobs
         ]
@@ -662,6 +673,8 @@ class SiteQueries:
             "params": orjson.loads(r["params"]),
             "created_at": r["created_at"],
             "ended_at": r["ended_at"],
+            "held": bool(r["held"]),
+            "dedupe_key": r["dedupe_key"],
             "jobs": job_docs,
         }
 
