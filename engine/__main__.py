@@ -24,6 +24,12 @@ def parse_settings(argv: list[str] | None = None) -> tuple[ManagerSettings, str]
     p.add_argument("--dispatch-timeout-s", type=float, default=5.0)
     p.add_argument("--held-resend-s", type=float, default=30.0, help="re-offer jobs a relay holds but did not queue")
     p.add_argument("--agent-lost-after-s", type=float, default=45.0, help="lost after this long without heartbeat")
+    p.add_argument(
+        "--retention-days",
+        type=float,
+        default=float(os.environ.get("EKIDEN_RETENTION_DAYS", "0")),
+        help="forget finished runs and audit entries older than this (0: keep until 'ekiden purge')",
+    )
     p.add_argument("--api-rate-per-s", type=float, default=DEFAULT_RATE_PER_S, help="API requests/s per tenant")
     p.add_argument("--api-burst", type=int, default=DEFAULT_BURST, help="API requests at once per tenant")
     p.add_argument("--log-level", default=os.environ.get("EKIDEN_LOG_LEVEL", "INFO"))
@@ -38,6 +44,7 @@ def parse_settings(argv: list[str] | None = None) -> tuple[ManagerSettings, str]
         dispatch_timeout_s=a.dispatch_timeout_s,
         held_resend_s=a.held_resend_s,
         agent_lost_after_s=a.agent_lost_after_s,
+        retention_days=a.retention_days,
         api_rate_per_s=a.api_rate_per_s,
         api_burst=a.api_burst,
     )

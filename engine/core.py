@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: Commands that act on one run (loaded from the database first if it already ended).
 RUN_COMMANDS = frozenset({"hold", "release", "skip", "kill", "rerun", "set_status"})
+#: Seconds between purges of history older than the retention.
+RETENTION_CHECK_S = 3600.0
 #: Most items applied in one transaction.
 MAX_ITEMS_PER_TICK = 5000
 
@@ -158,6 +160,7 @@ class Core:
         self.jobnets: dict[str, tuple[int, Jobnet, str]] = {}
         self.targets = Targets()
         self.admission = Admission()
+        self._last_purge = 0.0
         self._tokens = AttemptTokens.for_site(settings.site_dir)
         #: attempts an operator killed: one that starts anyway (it was queued) is killed again at once
         self.killed: set[str] = set()
@@ -747,6 +750,9 @@ class Core:
     def _watchdog(self, ch: Changes, out: Outbound, now: float, mono: float) -> None:
         """Send unconfirmed and relay-held dispatches again; apply the restart table to silent agents' attempts."""
         s = self._settings
+        if s.retention_days > 0 and now - self._last_purge > RETENTION_CHECK_S:
+            self._last_purge = now
+            ch.purge_before = now - s.retention_days * 86400
         for watched, after_s in ((self._unconfirmed, s.dispatch_timeout_s), (self._held, s.held_resend_s)):
             for aid, (run, job) in watched.items():
                 attempt = job.attempt_of(aid)

@@ -34,6 +34,8 @@ class ManagerSettings:
     held_resend_s: float = 30.0
     #: Seconds without a heartbeat after which an attempt on a standard agent is lost (agents beat every 10 s).
     agent_lost_after_s: float = 45.0
+    #: Days finished runs and audit entries are kept (0: until ``ekiden purge``); checked hourly.
+    retention_days: float = 0.0
     #: Seconds to wait for a relay's or agent's reply to a dispatch batch.
     dispatch_request_timeout_s: float = 5.0
     #: Bytes of stdout and of stderr kept per attempt.

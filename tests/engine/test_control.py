@@ -186,3 +186,28 @@ async def test_a_retried_submission_with_a_dedupe_key_never_starts_a_second_run(
         runs = await api.call("runs", limit=10)
     assert third["run"] == first["run"]
     assert len(runs) == 1
+
+
+async def test_purge_forgets_finished_runs_and_old_audit_but_keeps_running_ones(
+    site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str
+) -> None:
+    name = f"a{uid}"
+    async with running_manager(site_dir, sid, nats_url) as api, scripted_agent(nc, name) as agent:
+        await api.call("apply", definitions=chain_definitions(name, ["a"]))
+        done = (await api.call("run", jobnet="chain"))["run"]
+        await agent.wait_for(1)
+        await agent.run_job("a")
+        await wait_for_run(api, done)
+        going = (await api.call("run", jobnet="chain", hold=True))["run"]
+        before = await api.call("audit", limit=10)
+        assert [a["action"] for a in before] == ["run", "run", "apply"]
+        await asyncio.sleep(0.05)
+        await api.call("purge", older_than_s=0)
+        runs = {r["run"] for r in await api.call("runs", limit=10)}
+        with pytest.raises(WireError) as gone:
+            await api.call("logs", run=done, job="a")
+        after = await api.call("audit", limit=10)
+    assert runs == {going}
+    assert gone.value.code == ErrorCode.NOT_FOUND
+    assert [a["action"] for a in after] == ["purge"]
+    assert after[0]["who"] and after[0]["outcome"] == "ok"
