@@ -59,6 +59,7 @@ async def point(workers: int, a: argparse.Namespace) -> tuple[float, float]:
 
 async def main(a: argparse.Namespace) -> None:
     kind = f"asyncio.sleep({a.sleep_ms} ms)" if a.sleep_ms else "no-op"
+    load_before = os.getloadavg()[0]
     rows: list[tuple[int, float, float]] = []
     for workers in a.workers:
         print(f"{workers} worker(s) x {a.concurrency} slots: {a.jobs} {kind} call jobs ...", flush=True)
@@ -70,6 +71,8 @@ async def main(a: argparse.Namespace) -> None:
     print()
     print(f"Ekiden scaling: one destination, {a.jobs} {kind} call jobs in {a.runs} concurrent runs per point,")
     print(f"1 relay, workers x {a.concurrency} slots, SQLite synchronous=FULL, {os.cpu_count()} CPUs")
+    # Every process shares these CPUs: other load skews the figures, so say how much there was.
+    print(f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"  {'workers':>7}  {'jobs/s':>8}  {'seconds':>8}  {'vs 1 worker':>11}")
     for workers, rate, seconds in rows:
         print(f"  {workers:>7}  {rate:>8.0f}  {seconds:>8.2f}  {rate / base:>10.2f}x")

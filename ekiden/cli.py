@@ -105,10 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``ekiden`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SERVICES:
+        # The service parses its own options (argparse's REMAINDER would stop at the first one).
+        os.execv(sys.executable, [sys.executable, "-m", SERVICES[argv[0]], *argv[1:]])
     args = build_parser().parse_args(argv)
-    if args.command in SERVICES:
-        module = SERVICES[args.command]
-        os.execv(sys.executable, [sys.executable, "-m", module, *args.args])
     try:
         code = _run_async(COMMANDS[args.command](args))
     except DefinitionError as exc:

@@ -80,6 +80,7 @@ class EventOutbox:
         self._entries: dict[str, _Entry] = {}
         self._wake = asyncio.Event()
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT_REQUESTS)
+        self._sending: set[asyncio.Task[None]] = set()
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -117,6 +118,10 @@ class EventOutbox:
         """Send everything not acked again now (a manager said hello)."""
         for entry in self._entries.values():
             entry.sent_at = 0.0
+        # Requests still waiting on a manager that died would hold the in-flight slots until they time
+        # out, delaying everything behind them by up to a request timeout after a takeover.
+        for task in self._sending:
+            task.cancel()
         self._wake.set()
 
     async def wait_empty(self) -> None:
@@ -136,7 +141,9 @@ class EventOutbox:
                 await asyncio.sleep(0)  # let events put in this loop tick join the batch
                 for subject, body in self._due():
                     await self._inflight.acquire()
-                    tg.create_task(self._send(subject, body))
+                    task = tg.create_task(self._send(subject, body))
+                    self._sending.add(task)
+                    task.add_done_callback(self._sending.discard)
 
     def _due(self) -> list[tuple[str, bytes]]:
         now = time.monotonic()

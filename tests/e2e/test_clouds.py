@@ -28,7 +28,8 @@ from runtime.destinations import consumer_config, stream_config
 from runtime.natsserver import NatsServer
 from schemas import subjects
 from tests.agents.helpers import AgentProcess
-from tests.engine.helpers import wait_for_manager, wait_for_run
+from tests.e2e.procs import MARK, outcome, wait_for_end, wait_for_succeeded
+from tests.engine.helpers import wait_for_manager
 from tests.relay.helpers import RelayProcess, eventually, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,8 +37,6 @@ REPO = Path(__file__).resolve().parents[2]
 SID = "onprem"
 #: Seconds after which the manager offers again a dispatch a relay holds but has not queued.
 HELD_RESEND_S = 2.0
-#: The fault tests' call target: appends one line to a file, so a job that ran twice shows.
-MARK = "tests.e2e.jobs:mark"
 #: Job states after which nothing more happens to a job (plus ``held``, which waits for the operator).
 SETTLED = {"succeeded", "failed", "timed_out", "killed", "skipped", "lost", "held"}
 #: Generous deadline for a run, in seconds (a shared, noisy 2-core machine).
@@ -52,7 +51,7 @@ class Clouds:
     cloud: NatsServer
     manager: subprocess.Popen[bytes]
     relay: RelayProcess
-    logs: Path
+    site: Path
 
     @property
     def endpoint(self) -> Endpoint:
@@ -93,14 +92,13 @@ def clouds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clouds]:
     onprem, cloud = NatsServer(store_dir=root / "onprem"), NatsServer(store_dir=root / "cloud")
     onprem.start()
     cloud.start()
-    logs = root / "logs"
-    logs.mkdir()
-    args = ["-m", "engine", "--site", str(root / "site"), "--server-id", SID, "--nats", onprem.url]
+    site = root / "site"
+    args = ["-m", "engine", "--site", str(site), "--server-id", SID, "--nats", onprem.url]
     args += ["--held-resend-s", str(HELD_RESEND_S), "--dispatch-timeout-s", "3", "--log-level", "DEBUG"]
-    manager = _spawn(args, logs / "manager.log")
+    manager = _spawn(args, root / "manager.log")
     relay = RelayProcess("main", onprem.url, root / "relay-main.db", downstream_url=cloud.url)
     relay.start()
-    clouds = Clouds(onprem, cloud, manager, relay, logs)
+    clouds = Clouds(onprem, cloud, manager, relay, site)
     try:
         asyncio.run(_until_up(clouds))
         yield clouds
@@ -185,18 +183,13 @@ async def count_succeeded(client: ApiClient, run: str) -> int:
     return sum(1 for j in doc["jobs"] if j["state"] == "succeeded")
 
 
-async def wait_succeeded(client: ApiClient, run: str, n: int) -> None:
-    async def enough() -> bool:
-        return await count_succeeded(client, run) >= n
-
-    await eventually(enough, f"{n} jobs of run {run} succeeded", deadline_s=RUN_DEADLINE_S)
-
-
-def assert_all_succeeded_once(doc: dict[str, Any], marks: Path, n: int) -> None:
-    bad = [(j["id"], j["state"], j["attempts"], j["reason"]) for j in doc["jobs"] if j["state"] != "succeeded"]
-    assert doc["state"] == "succeeded", bad
-    assert sorted(j["attempts"] for j in doc["jobs"]) == [1] * n
-    assert lines(marks) == sorted(f"j{i}" for i in range(n))  # each ran exactly once
+async def assert_all_succeeded_once(clouds: Clouds, run: str, marks: Path, n: int) -> None:
+    """The run ends succeeded; every job ran exactly once (one mark) on its first attempt."""
+    assert await wait_for_end(clouds.site, run, RUN_DEADLINE_S) == "succeeded"
+    result = outcome(clouds.site, run, marks)
+    assert result.not_succeeded() == {}
+    assert result.not_once({f"j{i}" for i in range(n)}) == {}
+    assert result.dispatched_again() == {}
 
 
 async def test_100_flexible_jobs_cross_two_nats_systems_through_the_relay_alone(
@@ -207,8 +200,7 @@ async def test_100_flexible_jobs_cross_two_nats_systems_through_the_relay_alone(
         workers.start(dest, "--concurrency", "8")
     defs = {"destination": {dest: {"relay": "main"}}, "jobnet": {net: {"job": mark_jobs(dest, marks, 100, 0.0)}}}
     run = await start_run(client, defs, net)
-    doc = await wait_for_run(client, run, timeout_s=RUN_DEADLINE_S)
-    assert_all_succeeded_once(doc, marks, 100)
+    await assert_all_succeeded_once(clouds, run, marks, 100)
 
     # The workers' NATS has no route to the manager's: they are two unconnected systems.
     with pytest.raises(NoRespondersError):
@@ -246,7 +238,7 @@ async def test_a_relay_killed_mid_run_loses_nothing_and_runs_nothing_twice(
             if i >= chains:
                 job["after"] = [f"j{i - chains}"]
         run = await start_run(client, {"destination": {dest: {"relay": name}}, "jobnet": {net: {"job": jobs}}}, net)
-        await wait_succeeded(client, run, 2 * chains)
+        await wait_for_succeeded(clouds.site, run, 2 * chains, RUN_DEADLINE_S)
 
         async def victim_worked() -> bool:
             return "holding" in pair[0].output()  # it took dispatches, so it dies holding some of the run
@@ -254,8 +246,7 @@ async def test_a_relay_killed_mid_run_loses_nothing_and_runs_nothing_twice(
         await eventually(victim_worked, "the first relay to take dispatches")
         assert await count_succeeded(client, run) < chains * length, "the run ended before the kill"
         await pair[0].kill()
-        doc = await wait_for_run(client, run, timeout_s=RUN_DEADLINE_S)
-        assert_all_succeeded_once(doc, marks, chains * length)
+        await assert_all_succeeded_once(clouds, run, marks, chains * length)
     finally:
         for relay in pair:
             relay.stop()
@@ -266,14 +257,14 @@ def _finished_attempts(worker: AgentProcess) -> int:
 
 
 async def test_workers_scale_up_and_in_mid_run_and_exit_when_idle(
-    client: ApiClient, workers: Workers, uid: str, tmp_path: Path
+    clouds: Clouds, client: ApiClient, workers: Workers, uid: str, tmp_path: Path
 ) -> None:
     dest, net, marks = f"s{uid}", f"n{uid}", tmp_path / "marks"
     first = workers.start(dest, "--concurrency", "2", "--grace", "30")
     n = 60
     jobs = mark_jobs(dest, marks, n, 0.25, restart=False)
     run = await start_run(client, {"destination": {dest: {"relay": "main"}}, "jobnet": {net: {"job": jobs}}}, net)
-    await wait_succeeded(client, run, 4)
+    await wait_for_succeeded(clouds.site, run, 4, RUN_DEADLINE_S)
 
     added = [workers.start(dest, "--concurrency", "2", "--grace", "30") for _ in range(3)]
     for worker in added:  # workers started mid-run take work at once
@@ -291,8 +282,7 @@ async def test_workers_scale_up_and_in_mid_run_and_exit_when_idle(
     for worker in leaving:
         assert await worker.wait_exit(timeout_s=60) == 0, worker.log()
         assert "stopped (0 attempt(s) handed back)" in worker.log()
-    doc = await wait_for_run(client, run, timeout_s=RUN_DEADLINE_S)
-    assert_all_succeeded_once(doc, marks, n)
+    await assert_all_succeeded_once(clouds, run, marks, n)
 
     idle = workers.start(dest, "--idle-exit", "1")  # scale to zero: nothing left to do
     assert await idle.wait_exit(timeout_s=30) == 0, idle.log()
@@ -384,6 +374,6 @@ async def test_destinations_listing_counts_the_workers_of_the_cloud(
 
     async def two_workers() -> bool:
         rows = {d["name"]: d for d in await client.call("destinations")}
-        return rows.get(dest, {}).get("workers") == 2
+        return bool(rows.get(dest, {}).get("workers") == 2)
 
     await eventually(two_workers, f"two workers listed for {dest}", deadline_s=30)

@@ -165,11 +165,11 @@ async def test_a_relay_killed_before_the_manager_acked_strands_no_event(
     relays(name, nats_url, db=first.db.with_name("other.db"), extra=quiet)  # another relay of the name
     await wait_ready(nc, subjects.relay_events(name))
     async with asyncio.TaskGroup() as tg:
-        worker = tg.create_task(nc.request(subjects.relay_events(name), encode(events), timeout=DEADLINE_S))
+        resent = tg.create_task(nc.request(subjects.relay_events(name), encode(events), timeout=DEADLINE_S))
         msg, got = await manager.next_events()
         assert got == events
         await manager.ack(msg, got)
-    (ack,) = decode(worker.result().data)
+    (ack,) = decode(resent.result().data)
     assert ack.payload["eids"] == eids
 
 
