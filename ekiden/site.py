@@ -113,6 +113,8 @@ def _active_line(doc: dict[str, Any]) -> str:
     who = f"{lease['host']} pid {lease['pid']}, epoch {lease['epoch']}"
     if lease["valid"]:
         return f"{who}, lease expires in {lease['expires_in_s']:.1f}s"
+    if lease.get("released"):
+        return f"none: {who} gave the lease up when it stopped"
     return f"none: the lease of {who} expired {-lease['expires_in_s']:.1f}s ago"
 
 

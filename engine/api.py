@@ -190,10 +190,14 @@ class Api:
             name: {"name": name, "relay": d.relay, "tenant": d.tenant, "restart": str(d.restart), "reported": False}
             for name, d in targets.destinations.items()
         }
+        by_relay = {r: sorted(n for n in targets.destinations if targets.relay_of(n) == r) for r in relays}
         async with asyncio.TaskGroup() as tg:
-            asks = {relay: tg.create_task(self._relay_stats(relay)) for relay in sorted(relays)}
+            asks = {relay: tg.create_task(self._relay_stats(relay, by_relay[relay])) for relay in sorted(relays)}
         for relay, ask in asks.items():
-            for stats in ask.result():
+            for row in rows.values():
+                if row["relay"] == relay and ask.result() is None:
+                    row["error"] = f"relay {relay} did not answer"
+            for stats in ask.result() or []:
                 name = stats.get("name")
                 if not isinstance(name, str):
                     continue
@@ -223,13 +227,15 @@ class Api:
             raise WireError(ErrorCode.INVALID, f"limit must be an integer in 1..{MAX_LIST}")
         return await self._queries.audit(limit)
 
-    async def _relay_stats(self, relay: str) -> list[dict[str, Any]]:
+    async def _relay_stats(self, relay: str, destinations: list[str]) -> list[dict[str, Any]] | None:
+        """What relays of this name report of their destinations (and of ``destinations``); None: no answer."""
+        ask = Envelope(Kind.API, self._settings.server_id, {"destinations": destinations}, ts=time.time())
         try:
-            msg = await self._nc.request(subjects.relay_stats(relay), b"", timeout=RELAY_STATS_TIMEOUT_S)
+            msg = await self._nc.request(subjects.relay_stats(relay), encode_one(ask), timeout=RELAY_STATS_TIMEOUT_S)
             reply = decode(msg.data)[0]
         except Exception as exc:  # no relay of that name answers: its destinations show as not reported
             logger.debug("relay %s stats: %s", relay, exc)
-            return []
+            return None
         found = reply.payload.get("destinations") if reply.kind == Kind.REPLY else None
         return [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
 

@@ -128,6 +128,8 @@ def _lease_doc(row: tuple[Any, ...] | None, now: float) -> dict[str, Any] | None
         "expires_at": expires_at,
         "expires_in_s": round(expires_at - now, 2),
         "valid": expires_at > now,
+        # given up by a clean stop, so a standby need not wait for it to expire
+        "released": expires_at == 0,
     }
 
 

@@ -28,6 +28,7 @@ from schemas import subjects
 from schemas.codec import decode, encode_one
 from schemas.errors import WireError
 from schemas.messages import Envelope, Kind
+from schemas.names import is_valid_name
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class DestinationStats:
         }
 
 
+#: Most destinations one stats request may ask about.
+MAX_ASKED = 1000
+
+
 class Stats:
     """Gathers the figures of every destination this relay forwarded to or heard workers of."""
 
@@ -77,9 +82,9 @@ class Stats:
         self._presence = presence
         self._js = js
 
-    async def collect(self) -> list[DestinationStats]:
-        """The figures of every destination, sorted by name."""
-        names = sorted(self._forwarder.destinations() | self._presence.destinations())
+    async def collect(self, asked: frozenset[str] = frozenset()) -> list[DestinationStats]:
+        """The figures of every destination seen, and of those ``asked`` about, sorted by name."""
+        names = sorted(self._forwarder.destinations() | self._presence.destinations() | asked)
         js = self._js()
         async with asyncio.TaskGroup() as tg:
             queues = [tg.create_task(_queue_state(js, name)) for name in names]
@@ -99,14 +104,18 @@ class Stats:
                 logger.exception("stats request on %s failed", msg.subject)
 
     async def _answer(self, msg: Msg) -> None:
-        sid = ""
+        sid, asked = "", frozenset[str]()
         if msg.data:  # an empty request is fine; a body, if any, must be envelopes
             try:
-                sid = decode(msg.data)[0].sid
+                request = decode(msg.data)[0]
             except WireError as exc:
                 await refuse(msg, exc)
                 return
-        payload = {"relay": self.relay, "destinations": [d.to_wire() for d in await self.collect()]}
+            sid = request.sid
+            names = request.payload.get("destinations")
+            if isinstance(names, list):
+                asked = frozenset(n for n in names[:MAX_ASKED] if is_valid_name(n))
+        payload = {"relay": self.relay, "destinations": [d.to_wire() for d in await self.collect(asked)]}
         await answer(msg, encode_one(Envelope(kind=Kind.REPLY, sid=sid, payload=payload, ts=time.time())))
 
 
