@@ -149,7 +149,7 @@ async def main(a: argparse.Namespace) -> None:
     print(f"asyncio baseline: starting {a.procs} 'true' processes, {slots} at a time ...", flush=True)
     baseline = await asyncio_true_rate(a.procs, slots)
     with tempfile.TemporaryDirectory(prefix="ekiden-bench-") as tmp:
-        stack = Stack(Path(tmp) / "site")
+        stack = Stack(Path(tmp) / "site", secure=not a.insecure)
         plan = StackPlan(
             relays=("main",),
             destinations=(DEST,),
@@ -212,6 +212,7 @@ if __name__ == "__main__":
     p.add_argument("--fan", type=int, default=1_000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--insecure", action="store_true", help="NATS without credentials (to compare)")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import uvloop

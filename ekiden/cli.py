@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from ekiden import operate
+from ekiden import language, operate
 from ekiden import schedule as schedule_cli
 from ekiden import security as security_cli
 from ekiden import site as site_cli
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hold", action="store_true", help="start the run held: nothing starts until 'ekiden release'")
     s.add_argument("--dedupe", metavar="KEY", help="a retried submission with the same key returns the same run")
     s.add_argument("--timeout-s", type=float, help="with --wait/--follow: stop waiting after this long (exit 4)")
+    s.add_argument("--dry-run", action="store_true", help="show what would run on which target; run nothing")
     add_connection_args(s)
 
     s = sub.add_parser("status", help="show a run")
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_args(s)
 
     s = sub.add_parser("ls", help="list jobnets, runs or agents")
-    s.add_argument("what", choices=["jobnets", "runs", "agents", "destinations", "locks"])
+    s.add_argument("what", choices=["jobnets", "runs", "agents", "destinations", "locks", "versions"])
+    s.add_argument("name", nargs="?", help="with versions: the jobnet")
     s.add_argument("--jobnet", help="runs of this jobnet only")
     s.add_argument("--limit", type=int, default=50)
     s.add_argument("--json", action="store_true")
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     site_cli.add_parser(sub)
     security_cli.add_parser(sub)
     operate.add_parsers(sub)
+    language.add_parsers(sub)
     schedule_cli.add_parsers(sub)
 
     for name in SERVICES:
@@ -181,6 +184,8 @@ def _print_applied(result: dict[str, Any]) -> None:
 
 async def cmd_run(args: argparse.Namespace) -> int:
     """``ekiden run``."""
+    if args.dry_run:
+        return await language.dry_run(args, _params(args.param))
     client = await _client(args)
     try:
         submit = {"params": _params(args.param), "hold": args.hold, "dedupe": args.dedupe}
@@ -234,6 +239,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 async def cmd_ls(args: argparse.Namespace) -> int:
     """``ekiden ls``."""
+    if args.what == "versions":
+        return await language.ls_versions(args)
     client = await _client(args)
     try:
         if args.what == "runs":
@@ -335,5 +342,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "site": site_cli.cmd_site,
     "security": security_cli.cmd_security,
     **operate.COMMANDS,
+    **language.COMMANDS,
     **schedule_cli.COMMANDS,
 }

@@ -16,7 +16,7 @@ from schemas.errors import WireError
 #: Run states that end a run.
 FINAL_RUN_STATES = frozenset({"succeeded", "failed", "stopped"})
 #: Job states that are final for progress counting.
-FINAL_JOB_STATES = frozenset({"succeeded", "failed", "timed_out", "killed", "skipped", "lost"})
+FINAL_JOB_STATES = frozenset({"succeeded", "warning", "failed", "timed_out", "killed", "skipped", "lost"})
 #: Seconds without an update after which the follower asks for the whole status again.
 REFRESH_S = 3.0
 #: Seconds between redraws of the terminal view (elapsed times move on without updates).

@@ -38,7 +38,7 @@ def run_status(doc: dict[str, Any]) -> str:
     )
     rows = [
         [
-            j["id"],
+            j["id"] if j.get("type", "job") in ("job", None) else f"{j['id']} ({j['type']})",
             j["state"],
             "-" if j["exit_code"] is None else str(j["exit_code"]),
             str(j["attempts"]),
@@ -49,7 +49,38 @@ def run_status(doc: dict[str, Any]) -> str:
         ]
         for j in doc["jobs"]
     ]
-    return head + "\n" + table(rows, ["JOB", "STATE", "EXIT", "TRIES", "TARGET", "HOST", "TIME", "NOTE"])
+    jobs = table(rows, ["JOB", "STATE", "EXIT", "TRIES", "TARGET", "HOST", "TIME", "NOTE"])
+    return "\n".join([head, *_flow_head(doc), jobs, *_flow_tail(doc)])
+
+
+def _pairs(values: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
+def _flow_head(doc: dict[str, Any]) -> list[str]:
+    """The run's flow facts above its jobs: parent, note, variables."""
+    lines = []
+    if doc.get("parent"):
+        lines.append(f"  child of run {doc['parent']['run']} (unit {doc['parent']['job']})")
+    if doc.get("note") or doc.get("delayed"):
+        lines.append(f"  {doc.get('note') or 'delayed'}")
+    if doc.get("variables"):
+        lines.append(f"  variables: {_pairs(doc['variables'])}")
+    return lines
+
+
+def _flow_tail(doc: dict[str, Any]) -> list[str]:
+    """Below the jobs: what each job set, its retries, child runs, and the run's event log."""
+    lines = [f"  {j['id']} set {_pairs(j['variables'])}" for j in doc["jobs"] if j.get("variables")]
+    for j in doc["jobs"]:
+        for a in j.get("attempt_history", []):
+            waited = f" after {a['delay_s']:g}s" if a.get("delay_s") else ""
+            lines.append(f"  {j['id']} attempt {a['n']}{waited}: {a['status'] or 'running'} exit {a['exit_code']}")
+    if doc.get("children"):
+        lines.append("  child runs: " + ", ".join(f"{c['run']} ({c['job']})" for c in doc["children"]))
+    for e in doc.get("events", []):
+        lines.append(f"  {clock(e['ts'])} {e['kind']:<8} {e['job_id'] or 'run'}: {e['detail']}")
+    return lines
 
 
 def _age(seconds: float | None) -> str:
@@ -104,7 +135,7 @@ def listing(what: str, rows: list[dict[str, Any]]) -> str:
                         str(r.get(k, "-")) if r.get("reported") else "-"
                         for k in ("pending", "running", "held", "workers")
                     ),
-                    _age(r.get("oldest_pending_age_s")) if r.get("reported") else "no relay answered",
+                    _age(r.get("oldest_pending_age_s")) if r.get("reported") else r.get("error", "not reported"),
                 ]
                 for r in rows
             ],

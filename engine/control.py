@@ -113,6 +113,8 @@ def kill(core: "Core", run: Run, job_id: Any, ch: Changes, out: "Outbound", now:
 
 def _kill_job(core: "Core", run: Run, job: JobRun, ch: Changes, out: "Outbound", now: float) -> None:
     """Send a kill to every live attempt; one that never started ends killed at once."""
+    if core.flow.kill_unit(run, job, ch, out, now):
+        return  # a flow unit (a wait, a nested jobnet's child run, ...): the manager stops it itself
     started = False
     for attempt in job.live_attempts():
         if attempt.status:

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from engine import control, schedule_store, tenancy
+from engine import control, flowstore, paths, schedule_store, tenancy
 from engine.admission import Admission
-from engine.jobenv import job_env
+from engine.flow import Flow
 from engine.runs import Attempt, JobRun, Run
 from engine.schedules import Clock, ScheduleBook, SystemClock
 from engine.settings import ManagerSettings
@@ -36,6 +36,7 @@ from schemas.definitions import (
 from schemas.errors import ErrorCode, WireError
 from schemas.messages import Envelope, Finished, JobSpec, JobStatus, Kind, attempt_id, job_run_id
 from schemas.names import is_valid_name
+from schemas.unit_checks import cross_errors
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,8 @@ class Core:
         self._last_run_id = 0
         self._last_renewal = time.time()
         self.maintenance = False
+        #: variables, flow units, judgment, retries and timers (the jobnet language)
+        self.flow = Flow(self)
 
     @property
     def epoch(self) -> int:
@@ -233,8 +236,9 @@ class Core:
             if job is not None:
                 await self._restore_job(run, job, row, mono)
         run.recount()
+        self.flow.restore(run, await flowstore.load(self._store, run.run_id))
         for job in run.jobs.values():
-            job.pending = sum(1 for d in job.job.after if run.jobs[d].state != JobState.SUCCEEDED)
+            job.pending = paths.pending_of(run.jobs, job)
             if job.state == JobState.READY:
                 self._ready.append((run, job))
         # Anything dispatched but never confirmed is sent again at once under the same attempt ID.
@@ -284,6 +288,9 @@ class Core:
         for item in items:
             self._apply(item, changes, out, now, mono)
         self._dispatch_ready(changes, out, now, mono)
+        while self.flow.again:  # flow units ended (or started runs) inside dispatch: offer what they made ready
+            self.flow.again = False
+            self._dispatch_ready(changes, out, now, mono)
         for run_id in visiting:  # finished runs loaded for a command that did not reopen them
             if (run := self.runs.get(run_id)) is not None and run.state != RunState.RUNNING:
                 self.runs.pop(run_id)
@@ -385,6 +392,8 @@ class Core:
     def changed(self, run: Run, job: JobRun, ch: Changes, out: Outbound) -> None:
         """Write the job's row this turn and publish its new state."""
         ch.job(run, job)
+        if job.flow.written:
+            ch.flow.job(run, job)  # its flow row too (a rerun's reset clears it)
         out.progress[run.run_id] = run
         out.changed_jobs.setdefault(run.run_id, {})[job.id] = job
 
@@ -492,7 +501,7 @@ class Core:
         elif job.members:
             self._end_member(run, job, attempt, ch, out, now)
         else:
-            self.end_job(run, job, state, fin.exit_code, fin.reason, ch, out, now)
+            self.flow.attempt_ended(run, job, attempt, fin, state, ch, out, now)
 
     def _end_member(self, run: Run, job: JobRun, attempt: Attempt, ch: Changes, out: Outbound, now: float) -> None:
         """A broadcast member ended; the job ends when every member did, succeeding only if all did."""
@@ -552,15 +561,25 @@ class Core:
             self._untrack(attempt.attempt_id)
         ch.lock_gives += self.admission.leave(run, job)
         self.changed(run, job, ch, out)
-        if run.satisfied(job):
-            for ready in run.release_dependants(job.id):
-                self._ready.append((run, ready))
-                self.changed(run, ready, ch, out)
-        else:
-            for skipped in run.skip_downstream(job.id):
-                skipped.ended_at = now
-                self.changed(run, skipped, ch, out)
+        ready, ended = paths.settle(run, job)
+        for unit in ready:
+            self._ready.append((run, unit))
+            self.changed(run, unit, ch, out)
+        for unit in ended:
+            unit.ended_at = now
+            if unit.flow.untaken:
+                ch.flow.job(run, unit)
+            self.changed(run, unit, ch, out)
         self.maybe_end_run(run, ch, out, now)
+
+    def park(self, run: Run, job: JobRun, state: JobState, reason: str, ch: Changes, out: Outbound) -> None:
+        """A job's attempt ended but the job did not (it waits to be retried): free what the attempt held."""
+        for attempt in job.live_attempts():
+            self._untrack(attempt.attempt_id)
+        ch.lock_gives += self.admission.leave(run, job)
+        run.set_state(job, state)
+        job.reason = reason
+        self.changed(run, job, ch, out)
 
     def maybe_end_run(self, run: Run, ch: Changes, out: Outbound, now: float) -> None:
         """End the run if every job is final."""
@@ -574,6 +593,7 @@ class Core:
         out.changed_jobs.setdefault(run.run_id, {})
         out.ended_runs.append(run)
         logger.info("run %s (%s) %s", run.run_id, run.jobnet.name, run.state)
+        self.flow.run_ended(run, ch, out, now)
 
     def _on_refused(
         self, run: Run, job: JobRun, attempt: Attempt, code: str, reason: str, ch: Changes, out: Outbound, now: float
@@ -637,6 +657,8 @@ class Core:
         for run, job in ready:
             if job.state != JobState.READY or run.state != RunState.RUNNING or run.held:
                 continue  # a held run's ready jobs are offered again when it is released
+            if self.flow.take(run, job, ch, out, now):
+                continue  # a flow unit the manager runs itself, or a job that cannot start
             agents = self._agents_for(job)
             targets = [f"agent:{a}" for a in agents] if not isinstance(agents, str) and agents else []
             if not isinstance(agents, str) and not agents:
@@ -698,12 +720,7 @@ class Core:
             attempt_id=attempt.attempt_id,
             job=spec_job.id,
             jobnet=run.jobnet.name,
-            argv=spec_job.argv,
-            shell=spec_job.shell,
-            call=spec_job.call,
-            args=spec_job.args,
-            env=job_env(spec_job.env, run.params),
-            cwd=spec_job.cwd,
+            **self.flow.command(run, job, attempt),
             timeout_s=spec_job.timeout_s,
             output_limit_bytes=self._settings.output_limit_bytes,
             agent=agent,
@@ -768,6 +785,7 @@ class Core:
         ]
         for run, job, attempt in silent:
             self._lose(run, job, attempt, f"no heartbeat for {s.agent_lost_after_s:g}s", ch, out, now)
+        self.flow.tick(ch, out, now)
 
     # -- commands ----------------------------------------------------------------------------------
 
@@ -800,6 +818,10 @@ class Core:
         except DefinitionError as exc:
             raise WireError(ErrorCode.INVALID, "definitions refused:\n" + str(exc)) from exc
         self._check_targets(defs)
+        known = {**{n: net for n, (_, net, _) in self.jobnets.items()}, **defs.jobnets}
+        calendars = {*self.schedules.calendars, *defs.calendars}
+        if crossed := cross_errors(defs.jobnets, known, calendars):
+            raise WireError(ErrorCode.INVALID, "definitions refused:\n" + "\n".join(map(str, crossed)))
         if unknown := self.schedules.check(defs, {*self.jobnets, *defs.jobnets}):
             raise WireError(ErrorCode.INVALID, "definitions refused:\n" + "\n".join(unknown))
         result: list[dict[str, Any]] = []
@@ -919,21 +941,29 @@ class Core:
             earlier = self._dedupe[key]
             return {"run": earlier, "jobnet": name, "deduplicated": True}
         version, jobnet, _ = self.jobnets[name]
-        self._last_run_id += 1
-        run = Run.new(str(self._last_run_id), jobnet, version, now, params)
+        queued = self.flow.admit(jobnet, args, ch)
+        run = self.open_run(name, params, ch, out, now)
         run.held, run.dedupe_key = bool(args.get("hold")), key
         if key is not None:
             self._dedupe[key] = run.run_id
         if fire is not None:
             self.schedules.record_fire(fire, run.run_id, ch.schedules, now)
+        self.flow.started(run, queued, ch, now)
+        logger.info("run %s of %s v%d started%s", run.run_id, name, version, " held" if run.held else "")
+        return {"run": run.run_id, "jobnet": name, "version": version, "held": run.held}
+
+    def open_run(self, name: str, params: dict[str, str], ch: Changes, out: Outbound, now: float) -> Run:
+        """Create a run of the latest version of an applied jobnet (its parameters' defaults filled in)."""
+        version, jobnet, _ = self.jobnets[name]
+        self._last_run_id += 1
+        run = Run.new(str(self._last_run_id), jobnet, version, now, self.flow.params_for(jobnet, params))
         self.runs[run.run_id] = run
         ch.run(run)
         for job in run.jobs.values():
             self.changed(run, job, ch, out)
             if job.state == JobState.READY:
                 self._ready.append((run, job))
-        logger.info("run %s of %s v%d started%s", run.run_id, name, version, " held" if run.held else "")
-        return {"run": run.run_id, "jobnet": name, "version": version, "held": run.held}
+        return run
 
 
 def _summary(definitions: Any) -> dict[str, list[str]]:

@@ -78,6 +78,22 @@ MIGRATIONS: tuple[str, ...] = (
         schedule TEXT NOT NULL, original_at INTEGER NOT NULL, new_at INTEGER NOT NULL, made_at REAL NOT NULL,
         PRIMARY KEY(schedule, original_at)) WITHOUT ROWID;
     """,
+    # 6: the jobnet language: a run's variables, its parent unit (nested jobnets, loop iterations) and flow
+    # facts; each job's variables and unit progress (written only for runs and jobs that have any); the run
+    # event log (delays, timeouts, retries, decisions); the delay before each retried attempt.
+    """
+    CREATE TABLE run_flow(
+        run_id INTEGER PRIMARY KEY, variables TEXT NOT NULL, parent TEXT, state TEXT NOT NULL);
+    CREATE INDEX run_flow_by_parent ON run_flow(parent) WHERE parent IS NOT NULL;
+    CREATE TABLE job_flow(
+        run_id INTEGER NOT NULL, job_id TEXT NOT NULL, variables TEXT NOT NULL, state TEXT NOT NULL,
+        PRIMARY KEY(run_id, job_id)) WITHOUT ROWID;
+    CREATE TABLE run_events(
+        id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL, job_id TEXT NOT NULL, ts REAL NOT NULL,
+        kind TEXT NOT NULL, detail TEXT NOT NULL);
+    CREATE INDEX run_events_by_run ON run_events(run_id, id);
+    ALTER TABLE attempts ADD COLUMN delay_s REAL;
+    """,
 )
 
 #: The schema version this code writes.

@@ -7,6 +7,8 @@ the changes came in.
 
 from dataclasses import dataclass, field
 
+from engine import paths
+from engine.flowstate import JobFlow, RunFlow
 from engine.states import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState, RunState
 from schemas.definitions import Job, Jobnet
 
@@ -35,6 +37,8 @@ class Attempt:
     seen_at: float = 0.0
     #: (stdout, stderr, bytes cut) of a finished attempt until it is written; memory is freed after commit
     output: tuple[bytes, bytes, int] | None = None
+    #: seconds the manager waited before dispatching this attempt (a retry's delay), None for no retry
+    delay_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -56,6 +60,8 @@ class JobRun:
     reason: str = ""
     #: skipped by an operator: the jobs after it go on as if it had succeeded
     bypassed: bool = False
+    #: variables it set, flow units' progress, retries (``engine.flowstate``)
+    flow: JobFlow = field(default_factory=JobFlow)
 
     @property
     def id(self) -> str:
@@ -95,6 +101,8 @@ class Run:
     stopping: bool = False
     #: the submitter's dedupe key: a second submission with it returns this run
     dedupe_key: str | None = None
+    #: variables, parent unit, forced end state (``engine.flowstate``)
+    flow: RunFlow = field(default_factory=RunFlow)
 
     @classmethod
     def new(cls, run_id: str, jobnet: Jobnet, version: int, now: float, params: dict[str, str]) -> "Run":
@@ -140,6 +148,8 @@ class Run:
 
     def final_state(self) -> RunState:
         """The state the run ends in once settled."""
+        if self.flow.forced is not None:
+            return RunState(self.flow.forced)
         if self.stopping:
             return RunState.STOPPED
         if all(self.satisfied(j) for j in self.jobs.values()):
@@ -148,15 +158,17 @@ class Run:
 
     @staticmethod
     def satisfied(job: JobRun) -> bool:
-        """Whether the jobs after ``job`` may start: it succeeded, or an operator skipped it."""
-        return job.state == JobState.SUCCEEDED or (job.state == JobState.SKIPPED and job.bypassed)
+        """Whether the jobs after ``job`` may start: it succeeded (or ended with a warning), an operator
+        skipped it, a branch did not take it, or it failed with ``continue_on_failure`` (``engine.paths``)."""
+        return paths.satisfied(job)
 
     def reset(self, job: JobRun, ignore_after: bool = False) -> None:
         """Make a job runnable again (rerun): waiting for what it comes after, or ready."""
-        job.pending = 0 if ignore_after else sum(1 for d in job.job.after if not self.satisfied(self.jobs[d]))
+        job.pending = 0 if ignore_after else paths.pending_of(self.jobs, job)
         self.set_state(job, JobState.READY if job.pending == 0 else JobState.WAITING)
         job.exit_code = job.started_at = job.ended_at = None
         job.current, job.members, job.reason, job.bypassed = None, {}, "", False
+        job.flow = JobFlow(written=job.flow.written)  # a written row is written again, reset
 
     def downstream(self, job_id: str) -> list[JobRun]:
         """Every job after ``job_id``, transitively, in no particular order."""

@@ -20,6 +20,7 @@ from engine.api import Api
 from engine.core import Core, EventsIn, Item, Registered, Tick
 from engine.dispatcher import Dispatcher
 from engine.errors import LeaseLostError
+from engine.flowapi import flow_verbs
 from engine.runs import JobRun, Run
 from engine.schedule_api import schedule_verbs
 from engine.schedule_store import ScheduleQueries
@@ -140,6 +141,7 @@ async def _serve_active(
     await core.recover()
     api = Api(core, SiteQueries(store), settings, lease, nc)
     api.add_verbs(schedule_verbs(ScheduleQueries(store)))
+    api.add_verbs(flow_verbs(core, store))
     intake = [
         await subscribe(nc, subjects.events(sid), subjects.MANAGER_QUEUE),
         await subscribe(nc, subjects.REGISTER),

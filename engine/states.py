@@ -22,17 +22,27 @@ class JobState(StrEnum):
     DISPATCHED = "dispatched"  #: sent to a relay or agent, not yet started
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    WARNING = "warning"  #: ended with an exit code its judgment calls a warning: the flow goes on
     FAILED = "failed"
     TIMED_OUT = "timed_out"
     KILLED = "killed"
     SKIPPED = "skipped"  #: will not run (a job it comes after did not succeed)
     LOST = "lost"  #: its executor was lost and it may not run again
     HELD = "held"
+    RETRY_WAIT = "retry_wait"  #: an attempt failed; the next one is dispatched once its retry delay passed
 
 
 #: Job states a job never leaves (until an operator reruns it).
 FINAL_JOB_STATES = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.KILLED, JobState.SKIPPED, JobState.LOST}
+    {
+        JobState.SUCCEEDED,
+        JobState.WARNING,
+        JobState.FAILED,
+        JobState.TIMED_OUT,
+        JobState.KILLED,
+        JobState.SKIPPED,
+        JobState.LOST,
+    }
 )
 #: Job states in which an attempt exists that has not ended.
 ACTIVE_JOB_STATES = frozenset({JobState.DISPATCHED, JobState.RUNNING})

@@ -5,6 +5,7 @@ for every change that is ready in a loop tick, each fenced by the lease), anothe
 a query never sees a transaction half done.
 """
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -15,7 +16,9 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from engine import flowstore
 from engine.errors import LeaseLostError, StoreError
+from engine.flowstore import PURGE_STATEMENTS, FlowWrites
 from engine.migrations import MIGRATIONS, SCHEMA_VERSION
 from engine.runs import Attempt, JobRun, Run
 from engine.schedule_store import ScheduleWrites
@@ -39,6 +42,9 @@ FENCED_TABLES = (
     "schedules",
     "fires",
     "schedule_changes",
+    "run_flow",
+    "job_flow",
+    "run_events",
 )
 #: Bytes of the end of each stream a status document shows per job.
 OUTPUT_TAIL_BYTES = 512
@@ -88,10 +94,13 @@ class Changes:
     settings: dict[str, str] = field(default_factory=dict)
     #: calendars, schedules, fires and one-off changes (engine.schedule_store)
     schedules: ScheduleWrites = field(default_factory=ScheduleWrites)
+    #: runs' and jobs' flow state and the run event log (engine.flowstore)
+    flow: FlowWrites = field(default_factory=FlowWrites)
 
     def __bool__(self) -> bool:
         return bool(
             self.schedules
+            or self.flow
             or self.runs
             or self.jobs
             or self.attempts
@@ -139,6 +148,7 @@ _INSERT_AUDIT = "INSERT INTO audit(ts, who, origin, action, target, detail, outc
 #: Forgetting history older than a cutoff: the attempts and jobs of finished runs, the runs, the audit log.
 _OLD_RUNS = "SELECT run_id FROM runs WHERE state != 'running' AND ended_at < ?"
 _PURGE = (
+    *(sql.format(runs=_OLD_RUNS) for sql in PURGE_STATEMENTS),
     f"DELETE FROM attempts WHERE run_id IN ({_OLD_RUNS})",
     f"DELETE FROM jobs WHERE run_id IN ({_OLD_RUNS})",
     "DELETE FROM runs WHERE state != 'running' AND ended_at < ?",
@@ -156,13 +166,14 @@ attempt_id=excluded.attempt_id, exit_code=excluded.exit_code, started_at=exclude
 ended_at=excluded.ended_at, reason=excluded.reason, bypassed=excluded.bypassed"""
 _UPSERT_ATTEMPT = """
 INSERT INTO attempts(attempt_id, run_id, job_id, n, target, dispatched_at, accepted_at, started_at, finished_at,
-reported_at, status, exit_code, host, pid, reason, stdout, stderr, truncated_bytes, queued_at)
-VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+reported_at, status, exit_code, host, pid, reason, stdout, stderr, truncated_bytes, queued_at, delay_s)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(attempt_id) DO UPDATE SET accepted_at=excluded.accepted_at, started_at=excluded.started_at,
 finished_at=excluded.finished_at, reported_at=excluded.reported_at, status=excluded.status,
 exit_code=excluded.exit_code, host=excluded.host, pid=excluded.pid, reason=excluded.reason,
 stdout=COALESCE(excluded.stdout, stdout), stderr=COALESCE(excluded.stderr, stderr),
-truncated_bytes=COALESCE(excluded.truncated_bytes, truncated_bytes), queued_at=excluded.queued_at"""
+truncated_bytes=COALESCE(excluded.truncated_bytes, truncated_bytes), queued_at=excluded.queued_at,
+delay_s=excluded.delay_s"""
 
 
 class Store:
@@ -503,6 +514,7 @@ def _statements(ch: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
         (_UPSERT_RUN, [_run_row(r) for r in ch.runs.values()]),
         (_UPSERT_JOB, [_job_row(r, j) for r, j in ch.jobs.values()]),
         (_UPSERT_ATTEMPT, [_attempt_row(r, j, a) for r, j, a in ch.attempts.values()]),
+        *ch.flow.statements(),
         ("DELETE FROM agents WHERE name=?", [(n,) for n in ch.agent_deletes]),
         (_UPSERT_AGENT_STATE, list(ch.agent_states.values())),
         (_UPSERT_REGISTRATION, ch.agents),
@@ -568,14 +580,28 @@ def _attempt_row(r: Run, j: JobRun, a: Attempt) -> tuple[Any, ...]:
         a.reason,
         *(a.output or (None, None, None)),
         a.queued_at,
+        a.delay_s,
     )
 
 
 async def _configure(db: aiosqlite.Connection) -> None:
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=FULL")
     await db.execute("PRAGMA busy_timeout=10000")
+    for attempt in range(_WAL_SWITCH_TRIES):
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            # Switching a new file to WAL needs it alone: when the two managers of a pair start together,
+            # SQLite answers one of them 'locked' at once rather than wait (it would deadlock).
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or attempt == _WAL_SWITCH_TRIES - 1:
+                raise
+            await asyncio.sleep(0.05)
+    await db.execute("PRAGMA synchronous=FULL")
     await db.execute("PRAGMA foreign_keys=ON")
+
+
+#: Tries at switching a new site database to WAL while another process opens it too.
+_WAL_SWITCH_TRIES = 100
 
 
 async def _schema_version(db: aiosqlite.Connection) -> int:
@@ -664,7 +690,7 @@ class SiteQueries:
             if doc["id"] in broadcast:
                 doc["target"] = f"group:{broadcast[doc['id']]}"
                 doc["members"] = await self._members(run_id, doc["id"], doc["attempts"])
-        return {
+        status = {
             "run": str(r["run_id"]),
             "jobnet": r["jobnet"],
             "version": r["version"],
@@ -677,6 +703,8 @@ class SiteQueries:
             "dedupe_key": r["dedupe_key"],
             "jobs": job_docs,
         }
+        await flowstore.add_to_status(self._store, int(run_id), status, body_jobs)
+        return status
 
     async def _members(self, run_id: str, job_id: str, n: int) -> list[dict[str, Any]]:
         """A broadcast job's members in its latest round: one result per agent."""

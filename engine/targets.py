@@ -125,6 +125,8 @@ class Targets:
         for net in defs.jobnets.values():
             for i, job in enumerate(net.jobs):
                 path = f"jobnet.{net.name}.job[{i}]"
+                if job.agent is None and job.dest is None and job.group is None:
+                    continue  # a flow unit the manager runs itself has no target
                 if job.group is not None and job.group not in groups:
                     errors.append(f"{path}.group: no agent group named {job.group!r} is defined")
                     continue

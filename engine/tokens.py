@@ -30,6 +30,7 @@ SECRET_FILE = "attempt-tokens.key"
 SECRET_BYTES = 32
 #: Bytes of the MAC a token keeps (128 bits: forging one takes 2**127 tries on average).
 TOKEN_BYTES = 16
+_BLOCK_BYTES = 64  # SHA-256's block size
 
 
 def secret_path(site_dir: Path) -> Path:
@@ -73,7 +74,11 @@ class AttemptTokens:
     """Makes and checks attempt tokens with one site secret."""
 
     def __init__(self, secret: bytes) -> None:
-        self._secret = secret
+        # HMAC (RFC 2104) with the key's inner and outer pads hashed once: each token then costs two hash
+        # copies and updates, about a third of hmac.digest(), which sets the key up again every call.
+        key = (hashlib.sha256(secret).digest() if len(secret) > _BLOCK_BYTES else secret).ljust(_BLOCK_BYTES, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     @classmethod
     def for_site(cls, site_dir: Path) -> "AttemptTokens":
@@ -82,8 +87,12 @@ class AttemptTokens:
 
     def make(self, attempt_id: str, target: str, epoch: int) -> str:
         """The token of one attempt sent to ``target`` (``dest:NAME`` or ``agent:NAME``) at ``epoch``."""
-        mac = hmac.new(self._secret, f"{attempt_id}|{target}|{epoch}".encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac[:TOKEN_BYTES]).rstrip(b"=").decode()
+        inner = self._inner.copy()
+        inner.update(f"{attempt_id}|{target}|{epoch}".encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        # 16 bytes are 24 base64 characters, the last two of them padding.
+        return base64.urlsafe_b64encode(outer.digest()[:TOKEN_BYTES])[:-2].decode()
 
     def check(self, token: object, attempt_id: str, target: str, epoch: int) -> bool:
         """Tell whether ``token`` is the one made for this attempt, target and epoch (in constant time)."""

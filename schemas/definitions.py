@@ -34,30 +34,46 @@ from schemas.fields import string as _string
 from schemas.names import is_valid_name
 from schemas.resources import Lock, LockUse, parse_lock_uses, parse_locks, parse_max_running
 from schemas.schedules import Schedule, parse_schedule
+from schemas.unit_checks import check_units, command_references, cross_errors
+from schemas.unit_parse import parse_flow_unit, parse_job_unit, parse_jobnet_flow, unit_kind
+from schemas.units import (
+    FILEWATCH_CALL,
+    JOB_FLOW_KEYS,
+    JOBNET_FLOW_KEYS,
+    PLAIN_JOB,
+    PLAIN_JOBNET,
+    FileWatch,
+    JobnetFlow,
+    Unit,
+    UnitKind,
+)
 
 _T = TypeVar("_T")
 _TOP_KEYS = frozenset({"jobnet", "destination", "agent", "group", "lock", "calendar", "schedule"})
-_JOBNET_KEYS = frozenset({"description", "tenant", "job", "locks", "max_running"})
-_JOB_KEYS = frozenset(
-    {
-        "id",
-        "description",
-        "cmd",
-        "shell",
-        "call",
-        "args",
-        "env",
-        "cwd",
-        "timeout_s",
-        "after",
-        "agent",
-        "dest",
-        "group",
-        "broadcast",
-        "restart",
-        "user",
-        "locks",
-    }
+_JOBNET_KEYS = frozenset({"description", "tenant", "job", "locks", "max_running"}) | JOBNET_FLOW_KEYS
+_JOB_KEYS = (
+    frozenset(
+        {
+            "id",
+            "description",
+            "cmd",
+            "shell",
+            "call",
+            "args",
+            "env",
+            "cwd",
+            "timeout_s",
+            "after",
+            "agent",
+            "dest",
+            "group",
+            "broadcast",
+            "restart",
+            "user",
+            "locks",
+        }
+    )
+    | JOB_FLOW_KEYS
 )
 _DEST_KEYS = frozenset({"relay", "restart", "tenant", "description", "max_running"})
 _AGENT_KEYS = frozenset({"restart", "tenant", "description", "max_running"})
@@ -90,7 +106,8 @@ class RestartAttribute(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One job of a jobnet. Exactly one of ``argv``, ``shell``, ``call`` is set; exactly one target."""
+    """One unit of a jobnet. A job (and a file watch) has exactly one of ``argv``, ``shell``, ``call`` and
+    exactly one target; a flow unit the manager runs itself (``unit.kind``: branch, loop, ...) has none."""
 
     id: str
     argv: tuple[str, ...] | None = None
@@ -112,12 +129,16 @@ class Job:
     user: str | None = None
     #: resource locks the job holds while it runs
     locks: tuple[LockUse, ...] = ()
+    #: the unit's kind and flow settings (judge, retry, recovery, ...): ``schemas.units``
+    unit: Unit = PLAIN_JOB
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical map of this job, in the input format (defaults left out)."""
-        out: dict[str, Any] = {"id": self.id}
-        if self.description:
-            out["description"] = self.description
+        head: dict[str, Any] = {"id": self.id, **({"description": self.description} if self.description else {})}
+        return head | (self._job_dict() if self.unit.kind == UnitKind.JOB else self._unit_dict())
+
+    def _job_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         if self.argv is not None:
             out["cmd"] = list(self.argv)
         elif self.shell is not None:
@@ -147,7 +168,14 @@ class Job:
         out |= {k: v for k, v in (("restart", self.restart), ("user", self.user)) if v is not None and v is not True}
         if self.locks:
             out["locks"] = [u.to_wire() for u in self.locks]
-        return out
+        return out | self.unit.to_dict()
+
+    def _unit_dict(self) -> dict[str, Any]:
+        """A flow unit's map: its after, a file watch's target, its kind's settings."""
+        out: dict[str, Any] = {"after": list(self.after)} if self.after else {}
+        if self.unit.kind == UnitKind.FILEWATCH:
+            out |= {k: v for k, v in (("agent", self.agent), ("dest", self.dest), ("group", self.group)) if v}
+        return out | self.unit.to_dict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +190,8 @@ class Jobnet:
     locks: tuple[LockUse, ...] = ()
     #: jobs of this jobnet running at once, across its runs
     max_running: int | None = None
+    #: parameters with their defaults, run timeout, delay watch, multiple-instances policy
+    flow: JobnetFlow = PLAIN_JOBNET
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical map of this jobnet, in the input format."""
@@ -174,6 +204,7 @@ class Jobnet:
             out["locks"] = [u.to_wire() for u in self.locks]
         if self.max_running is not None:
             out["max_running"] = self.max_running
+        out |= self.flow.to_dict()
         out["job"] = [j.to_dict() for j in self.jobs]
         return out
 
@@ -334,6 +365,7 @@ def parse_definitions(data: Any, complete: bool = True) -> Definitions:
             jobnets[net.name] = net
     if complete and not errors:
         errors.extend(reference_errors(calendars, schedules, jobnets))
+        errors.extend(cross_errors(jobnets, jobnets, calendars))
     if errors:
         raise DefinitionError(errors)
     return Definitions(
@@ -371,6 +403,7 @@ def merge(parts: list[Definitions], complete: bool = True) -> Definitions:
     )
     if complete and not errors:
         errors.extend(reference_errors(merged.calendars, merged.schedules, merged.jobnets))
+        errors.extend(cross_errors(merged.jobnets, merged.jobnets, merged.calendars))
     if errors:
         raise DefinitionError(errors)
     return merged
@@ -546,15 +579,20 @@ def _parse_jobnet(name: str, body: Any, errors: list[FieldError]) -> Jobnet | No
                 errors.append(FieldError(f"{path}.job[{i}].after", f"unknown job {dep!r}"))
             elif isinstance(dep, str) and seen.get(dep) == i:
                 errors.append(FieldError(f"{path}.job[{i}].after", "a job cannot come after itself"))
+    flow = parse_jobnet_flow(body, path, errors)
     if len(errors) == before:
         cycle = find_cycle({j.id: j.after for j in jobs})
         if cycle:
             errors.append(FieldError(path, "dependency cycle: " + " -> ".join(cycle)))
+        else:
+            check_units(name, tuple(jobs), flow, path, errors)
     desc = _string(body, "description", path, errors) or ""
     tenant = _tenant(body, path, errors)
     locks = parse_lock_uses(body.get("locks"), f"{path}.locks", errors)
     limit = parse_max_running(body, path, errors)
-    return Jobnet(name=name, jobs=tuple(jobs), description=desc, tenant=tenant, locks=locks, max_running=limit)
+    return Jobnet(
+        name=name, jobs=tuple(jobs), description=desc, tenant=tenant, locks=locks, max_running=limit, flow=flow
+    )
 
 
 def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:
@@ -562,6 +600,11 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:
         errors.append(FieldError(path, "must be a table"))
         return None
     before = len(errors)
+    kind = unit_kind(raw, path, errors)
+    if kind is None:
+        return None
+    if kind != UnitKind.JOB:
+        return _parse_unit(raw, kind, path, errors)
     raw = _check_keys(raw, _JOB_KEYS, path, errors)
     job_id = raw.get("id")
     if not isinstance(job_id, str) or not is_valid_name(job_id):
@@ -575,14 +618,7 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:
         isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s <= MAX_TIMEOUT_S
     ):
         errors.append(FieldError(f"{path}.timeout_s", f"must be a number of seconds in (0, {MAX_TIMEOUT_S}]"))
-    after = raw.get("after", [])
-    if isinstance(after, str):
-        after = [after]
-    if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
-        errors.append(FieldError(f"{path}.after", "must be a list of job ids"))
-        after = []
-    elif len(set(after)) != len(after):
-        errors.append(FieldError(f"{path}.after", "lists a job more than once"))
+    after = _after(raw, path, errors)
     agent, dest, group, broadcast = _target(raw, path, errors)
     restart = raw.get("restart", True)
     if not isinstance(restart, bool):
@@ -590,6 +626,8 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:
     desc = _string(raw, "description", path, errors) or ""
     locks = parse_lock_uses(raw.get("locks"), f"{path}.locks", errors)
     user = _user(raw, call is not None, path, errors)
+    has_refs = any(True for _ in command_references(argv, env, cwd, args))
+    unit = parse_job_unit(raw, path, has_refs, errors)
     if len(errors) != before:
         return None
     return Job(
@@ -610,6 +648,50 @@ def _parse_job(raw: Any, path: str, errors: list[FieldError]) -> Job | None:
         description=desc,
         user=user,
         locks=locks,
+        unit=unit,
+    )
+
+
+def _after(raw: dict[str, Any], path: str, errors: list[FieldError]) -> list[str]:
+    after = raw.get("after", [])
+    if isinstance(after, str):
+        after = [after]
+    if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+        errors.append(FieldError(f"{path}.after", "must be a list of job ids"))
+        return []
+    if len(set(after)) != len(after):
+        errors.append(FieldError(f"{path}.after", "lists a job more than once"))
+    return after
+
+
+def _parse_unit(raw: dict[str, Any], kind: UnitKind, path: str, errors: list[FieldError]) -> Job | None:
+    """A flow unit (``type`` other than ``job``): its kind's settings are ``schemas.units``'."""
+    before = len(errors)
+    job_id = raw.get("id")
+    if not isinstance(job_id, str) or not is_valid_name(job_id):
+        errors.append(FieldError(f"{path}.id", "missing or invalid: use letters, digits, '_' and '-' (at most 64)"))
+    after = _after(raw, path, errors)
+    unit = parse_flow_unit(raw, kind, path, errors)
+    desc = _string(raw, "description", path, errors) or ""
+    if kind != UnitKind.FILEWATCH:
+        if len(errors) != before or unit is None:
+            return None
+        return Job(id=str(job_id), after=tuple(after), description=desc, unit=unit)
+    agent, dest, group, broadcast = _target(raw, path, errors)
+    if broadcast:
+        errors.append(FieldError(f"{path}.broadcast", "a file watch runs on one agent"))
+    if len(errors) != before or unit is None or not isinstance(unit.config, FileWatch):
+        return None
+    return Job(
+        id=str(job_id),
+        call=FILEWATCH_CALL,
+        args=unit.config.args(),
+        after=tuple(after),
+        agent=agent,
+        dest=dest,
+        group=group,
+        description=desc,
+        unit=unit,
     )
 
 

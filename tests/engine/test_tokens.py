@@ -1,5 +1,7 @@
 """Attempt tokens: bound to attempt, target and epoch; one secret per site, private, shared by its managers."""
 
+import base64
+import hmac
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,3 +31,9 @@ def test_the_secret_is_made_once_private_and_shared_by_managers_starting_togethe
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
     assert AttemptTokens.for_site(site_dir).make("a", "b", 1) == AttemptTokens(secrets.pop()).make("a", "b", 1)
+
+
+def test_a_token_is_the_standard_hmac_sha256_of_attempt_target_and_epoch() -> None:
+    for secret in [b"k" * 32, b"short", b"l" * 200]:
+        mac = hmac.digest(secret, b"main:7:job:2|agent:db|5", "sha256")[:16]
+        assert AttemptTokens(secret).make("main:7:job:2", "agent:db", 5) == base64.urlsafe_b64encode(mac).decode()[:22]

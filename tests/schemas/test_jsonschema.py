@@ -33,6 +33,18 @@ from schemas.definitions_schema import (
     schema_path,
 )
 from schemas.names import NAME_PATTERN
+from schemas.units import (
+    CASE_KEYS,
+    CONDITION_KEYS,
+    DELAY_KEYS,
+    END_STATES,
+    INFO_ITEMS,
+    JUDGE_KEYS,
+    RETRY_KEYS,
+    UNIT_KEYS,
+    UnitKind,
+)
+from schemas.variables import VAR_NAME_PATTERN
 from tests.schemas.test_definitions import RICH_TOML
 
 #: The operators' guide to the format, whose examples must stay valid.
@@ -62,6 +74,166 @@ def _net(*jobs: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return {"jobnet": {"n": {"job": list(jobs), **fields}}}
 
 
+def _unit(kind: str, unit_id: str = "u", **fields: Any) -> dict[str, Any]:
+    return {"id": unit_id, "type": kind, **fields}
+
+
+_BODY = {"body": {"params": {"I": "0", "P": "x"}, "job": [_job(id="s", sets=["DONE", "OUT"])]}}
+_CASES = [{"job": "a", "exit": [0, 3], "to": ["b"]}, {"var": "V", "in": ["x"], "to": "c"}]
+
+#: Every kind of unit and every flow key, valid.
+UNIT_DOCS: list[Any] = [
+    _net(
+        _job(
+            judge={"warning_from": 1, "abnormal_from": 10},
+            retry={"max": 3, "delay_s": 1, "backoff": 2, "max_delay_s": 9},
+        ),
+        _job(id="b", after="a", recovery=True, continue_on_failure=True, delay={"after_s": 5, "kill": True}),
+        _job(id="c", type="job", sets=["OUT"], delay={"at": "23:30", "timezone": "Asia/Tokyo"}),
+        params={"DAY": "today", "_x": ""},
+        timeout_s=60,
+        delay={"at": "06:00:30"},
+        instances="queue",
+    ),
+    _net(
+        _job(sets=["V"]),
+        _unit("branch", "br", after=["a"], cases=_CASES, **{"else": ["d"]}),
+        _job(id="b", after="br"),
+        _job(id="c", after="br", cmd=["echo", "${V}", "$${x}"]),
+        _job(id="d", after="br"),
+        _unit("branch", "b2", after="a", cases=[{"job": "a", "status": ["warning", "failed"], "to": "e"}]),
+        _job(id="e", after="b2"),
+    ),
+    {
+        "jobnet": {
+            **_BODY,
+            "n": {
+                "params": {"X": "1"},
+                "job": [
+                    _unit("loop", jobnet="body", count=3, counter="I", params={"P": "${X}"}),
+                    _unit("loop", "v", jobnet="body", until={"var": "DONE", "range": [1, 2]}, max=9, sets=["DONE"]),
+                    _unit("jobnet", "w", jobnet="body", params={"P": "${EKIDEN_RUN_ID}"}, sets=["OUT"], after=["u"]),
+                    _job(id="z", after=["w"], cmd=["echo", "${OUT}"]),
+                ],
+            },
+        }
+    },
+    _net(
+        _unit("wait", "w1", for_s=0),
+        _unit("wait", "w2", until="06:00", timezone="Europe/Paris"),
+        _unit("info", "i", get={"T": "date", "B": "operating_day"}, calendar="c", after=["w1"]),
+        _unit("end", "e", status="failed", message="stop", after=["i"], recovery=True),
+    )
+    | {"calendar": {"c": {"include": [{"weekdays": "mon"}]}}},
+    _net(
+        _unit("filewatch", "f", agent="h", path="/in/x.csv", timeout_s=60, stable_s=5, poll_s=0.5, retry={"max": 1}),
+        _unit("filewatch", "g", dest="cloud", path="/in/y", timeout_s=1, delay={"after_s": 9}),
+    ),
+]
+#: Shapes of units that both the schema and the validator refuse.
+UNIT_REFUSED: list[Any] = [
+    _net(_job(type="other")),
+    _net(_job(judge={"warning_from": 0})),
+    _net(_job(judge={"abnormal_from": 0})),
+    _net(_job(judge=3)),
+    _net(_job(retry={"delay_s": 1})),
+    _net(_job(retry={"max": 0})),
+    _net(_job(retry={"max": 1, "backoff": 0.5})),
+    _net(_job(retry={"max": 1, "when": "x"})),
+    _net(_job(delay={"after_s": 1, "at": "01:00"})),
+    _net(_job(delay={})),
+    _net(_job(delay={"at": "25:00"})),
+    _net(_job(delay={"after_s": 0})),
+    _net(_job(recovery=True)),
+    _net(_job(recovery="yes", after=[])),
+    _net(_job(continue_on_failure=1)),
+    _net(_job(sets=["1x"])),
+    _net(_job(sets=["EKIDEN_X"])),
+    _net(_job(sets=["A", "A"])),
+    _net(_job(), params={"A B": "x"}),
+    _net(_job(), params={"EKIDEN_RUN_ID": "x"}),
+    _net(_job(), params={"A": 1}),
+    _net(_job(), timeout_s=0),
+    _net(_job(), instances="never"),
+    _net(_unit("branch")),
+    _net(_unit("branch", cases=[])),
+    _net(_unit("branch", cases=[{"to": ["a"]}])),
+    _net(_unit("branch", cases=[{"job": "a", "var": "V", "equals": "x", "to": ["a"]}])),
+    _net(_unit("branch", cases=[{"job": "a", "exit": 0, "status": "failed", "to": ["a"]}])),
+    _net(_unit("branch", cases=[{"job": "a", "equals": "x", "to": ["a"]}])),
+    _net(_unit("branch", cases=[{"var": "V", "to": ["a"]}])),
+    _net(_unit("branch", cases=[{"var": "V", "equals": "x", "in": ["y"], "to": ["a"]}])),
+    _net(_unit("branch", cases=[{"job": "a", "status": "done", "to": ["a"]}])),
+    _net(_unit("branch", cases=[{"job": "a", "exit": [1], "to": ["a"]}])),
+    _net(_unit("branch", cases=[{"var": "V", "range": [1, "2"], "to": ["a"]}])),
+    _net(_unit("branch", cases=[{"job": "a", "exit": 0, "to": []}])),
+    _net(_unit("branch", cases=[{"job": "a", "exit": 0}])),
+    _net(_unit("branch", cases=[{"job": "a", "exit": 0, "to": "a"}], agent="h")),
+    _net(_unit("loop", jobnet="n")),
+    _net(_unit("loop", jobnet="m", max=3)),
+    _net(_unit("loop", jobnet="m", until={"var": "V", "equals": "x"})),
+    _net(_unit("loop", jobnet="m", count=2, max=3)),
+    _net(_unit("loop", jobnet="m", count=0)),
+    _net(_unit("loop", jobnet="m", until={"job": "a", "exit": 0}, max=2)),
+    _net(_unit("loop", jobnet="m", count=1, counter="EKIDEN_I")),
+    _net(_unit("loop", count=1)),
+    _net(_unit("jobnet")),
+    _net(_unit("jobnet", jobnet="m", params={"1": "x"})),
+    _net(_unit("jobnet", jobnet="m", cmd=["x"])),
+    _net(_unit("wait")),
+    _net(_unit("wait", for_s=1, until="01:00")),
+    _net(_unit("wait", for_s=-1)),
+    _net(_unit("info")),
+    _net(_unit("info", get={})),
+    _net(_unit("info", get={"X": "weather"})),
+    _net(_unit("end")),
+    _net(_unit("end", status="stopped")),
+    _net(_unit("end", status="failed", delay={"after_s": 1})),
+    _net(_unit("filewatch", agent="h", path="/x")),
+    _net(_unit("filewatch", path="/x", timeout_s=1)),
+    _net(_unit("filewatch", agent="h", dest="d", path="/x", timeout_s=1)),
+    _net(_unit("filewatch", agent="h", path="", timeout_s=1)),
+    _net(_unit("filewatch", agent="h", path="/x", timeout_s=1, broadcast=True)),
+]
+#: Refused by the rules across units or jobnets, which the schema cannot state.
+UNIT_CROSS: list[Any] = [
+    _net(_job(cmd=["sh", "-c", "echo ${D}"]), params={"D": "x"}),
+    _net(_job(cmd=["echo", "${NOPE}"])),
+    _net(_job(cmd=["echo", "${OUT}"]), _job(id="b", sets=["OUT"])),
+    _net(_job(env={"E": "${bad name}"})),
+    _net(_job(cmd=..., call="m:f", args={"x": ["${NOPE}"]})),
+    _net(_job(), _unit("branch", "br", after="a", cases=[{"job": "a", "exit": 0, "to": ["ghost"]}])),
+    _net(_job(), _unit("branch", "br", after="a", cases=[{"job": "a", "exit": 0, "to": ["a"]}])),
+    _net(
+        _job(),
+        _unit("branch", "br", after="a", cases=[{"job": "zz", "exit": 0, "to": ["b"]}]),
+        _job(id="b", after="br"),
+    ),
+    _net(
+        _job(),
+        _unit("branch", "br", after="a", cases=[{"job": "a", "exit": 0, "to": ["b"]}]),
+        _job(id="b", after="br"),
+        _job(id="c", after="br"),
+    ),
+    _net(
+        _job(),
+        _unit("branch", "br", after="a", cases=[{"var": "V", "equals": "x", "to": ["b"]}]),
+        _job(id="b", after="br"),
+    ),
+    _net(_unit("end", "e", status="failed"), _job(after="e")),
+    _net(_unit("jobnet", jobnet="n")),
+    _net(_unit("jobnet", jobnet="ghost")),
+    {"jobnet": {"n": {"job": [_unit("jobnet", jobnet="m")]}, "m": {"job": [_unit("loop", jobnet="n", count=2)]}}},
+    {"jobnet": {**_BODY, "n": {"job": [_unit("jobnet", jobnet="body", params={"Q": "x"})]}}},
+    {"jobnet": {**_BODY, "n": {"job": [_unit("jobnet", jobnet="body", sets=["NEVER"])]}}},
+    _net(_unit("info", get={"B": "operating_day"})),
+    _net(_unit("info", get={"B": "operating_day"}, calendar="ghost")),
+    _net(_job(judge={"warning_from": 5, "abnormal_from": 5})),
+    _net(_unit("branch", cases=[{"var": "V", "range": [2, 1], "to": ["a"]}])),
+    _net(_job(delay={"after_s": 1, "timezone": "Mars/Olympus"})),
+]
+
+
 ACCEPTED: list[Any] = [
     {},
     {"jobnet": {}, "destination": {}},
@@ -81,9 +253,11 @@ ACCEPTED: list[Any] = [
     _net(_job(agent=..., group="etl"), _job(id="b", agent=..., group="etl", broadcast=True)),
     {"agent": {"h": {"restart": "STOP", "tenant": "t"}}, "group": {"etl": {"agents": ["h", "i"]}}},
     _net(_job(user="batch"), _job(id="b", cmd="id -u", shell=True, user="svc.etl-1")),
+    *UNIT_DOCS,
 ]
 
 REFUSED: list[Any] = [
+    *UNIT_REFUSED,
     [],
     _net(_job(broadcast=True)),
     _net(_job(group="etl")),
@@ -158,6 +332,7 @@ CROSS_JOB: list[Any] = [
     _net(_job(after="ghost")),
     _net(_job(after="a")),
     _net(_job(id="a", after="b"), _job(id="b", after="a")),
+    *UNIT_CROSS,
 ]
 
 
@@ -185,6 +360,17 @@ def test_schema_states_the_validators_constants() -> None:
     assert set(defs["jobnet"]["properties"]) == definitions._JOBNET_KEYS
     assert set(defs["job"]["properties"]) == definitions._JOB_KEYS
     assert set(defs["destination"]["properties"]) == definitions._DEST_KEYS
+    for kind, keys in UNIT_KEYS.items():
+        assert set(defs[f"{kind}Unit"]["properties"]) == keys, kind
+    assert defs["unit"]["properties"]["type"]["enum"] == [str(k) for k in UnitKind]
+    assert set(defs["judge"]["properties"]) == JUDGE_KEYS
+    assert set(defs["retry"]["properties"]) == RETRY_KEYS
+    assert set(defs["delay"]["properties"]) == DELAY_KEYS
+    assert set(defs["condition"]["properties"]) == CONDITION_KEYS
+    assert set(defs["case"]["properties"]) == CASE_KEYS
+    assert defs["endState"]["enum"] == list(END_STATES)
+    assert defs["infoUnit"]["properties"]["get"]["additionalProperties"]["enum"] == list(INFO_ITEMS)
+    assert defs["varName"]["pattern"] == VAR_NAME_PATTERN
     export = _load(EXPORT_SCHEMA)["properties"]
     assert (export["format"]["const"], export["version"]["const"]) == (EXPORT_FORMAT, EXPORT_VERSION)
 
