@@ -32,6 +32,17 @@ PIPE_CLOSE_S = 1.0
 SHELL = "/bin/sh"
 
 
+def identity_env(spec: JobSpec) -> dict[str, str]:
+    """Variables that tell a job what it is: its attempt, job, jobnet and target (they win over the definition's)."""
+    return {
+        "EKIDEN_ATTEMPT_ID": spec.attempt_id,
+        "EKIDEN_JOB": spec.job,
+        "EKIDEN_JOBNET": spec.jobnet,
+        "EKIDEN_AGENT": spec.agent or "",
+        "EKIDEN_DEST": spec.dest or "",
+    }
+
+
 class Executor:
     """Runs attempts. One executor serves every attempt of a process; call targets are imported once."""
 
@@ -104,7 +115,7 @@ class Executor:
 
     async def _run_process(self, spec: JobSpec, kill: asyncio.Event, on_started: OnStarted | None) -> Outcome:
         argv = list(spec.argv) if spec.argv is not None else [SHELL, "-c", spec.shell or ""]
-        env = {**self._job_env, **spec.env}
+        env = {**self._job_env, **spec.env, **identity_env(spec)}
         cwd, switch = spec.cwd, None
         if spec.user is not None:
             try:

@@ -156,3 +156,46 @@ def _fan(dest: str, agent: str) -> dict[str, Any]:
     jobs += [{"id": f"w{i}", "call": "examples.jobs:noop", "dest": dest, "after": ["start"]} for i in range(20)]
     jobs.append({"id": "join", "cmd": ["true"], "agent": agent, "after": [f"w{i}" for i in range(20)]})
     return {"fan": {"job": jobs}}
+
+
+async def test_broadcast_to_three_real_agents_one_failing(tmp_path: Path) -> None:
+    stack = Stack(tmp_path / "site", secure=False)
+    plan = StackPlan(relays=("main",), destinations=(), agents=("a1", "a2", "a3"))
+    defs = {
+        "group": {"trio": {"agents": ["a1", "a2", "a3"]}},
+        "jobnet": {
+            "all": {
+                "job": [
+                    # Every member runs it; on a2 it fails with exit 5 (the job knows where it runs).
+                    {
+                        "id": "each",
+                        "cmd": 'test "$EKIDEN_AGENT" != a2 || exit 5',
+                        "shell": True,
+                        "group": "trio",
+                        "broadcast": True,
+                    },
+                    {"id": "after", "cmd": ["true"], "agent": "a1", "after": ["each"]},
+                ]
+            }
+        },
+    }
+    try:
+        await stack.start(plan)
+        client = await ApiClient.connect(stack.endpoint, timeout_s=20)
+        try:
+            await client.call("apply", definitions=defs)
+            run = (await client.call("run", jobnet="all"))["run"]
+            doc = await wait_for_run(client, run, timeout_s=60)
+        finally:
+            await client.close()
+    finally:
+        await stack.stop()
+    each, after = doc["jobs"]
+    assert doc["state"] == "failed"
+    assert (each["state"], each["exit_code"], each["target"]) == ("failed", 5, "group:trio")
+    assert [(m["agent"], m["state"], m["exit_code"]) for m in each["members"]] == [
+        ("a1", "succeeded", 0),
+        ("a2", "failed", 5),
+        ("a3", "succeeded", 0),
+    ]
+    assert after["state"] == "skipped"
