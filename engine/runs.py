@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from engine import paths
 from engine.flowstate import JobFlow, RunFlow
-from engine.states import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState, RunState
+from engine.states import FINAL_JOB_STATES, JobState, RunState
 from schemas.definitions import Job, Jobnet
 
 
@@ -180,31 +180,6 @@ class Run:
                 seen[dep_id] = self.jobs[dep_id]
                 stack.extend(self.dependants.get(dep_id, ()))
         return list(seen.values())
-
-    def release_dependants(self, job_id: str) -> list[JobRun]:
-        """A job succeeded: count it off its dependants and return those that became ready."""
-        became_ready = []
-        for dep_id in self.dependants.get(job_id, ()):
-            dep = self.jobs[dep_id]
-            dep.pending -= 1
-            if dep.pending == 0 and dep.state == JobState.WAITING:
-                dep.state = JobState.READY
-                became_ready.append(dep)
-        return became_ready
-
-    def skip_downstream(self, job_id: str) -> list[JobRun]:
-        """A job ended without success: everything after it, transitively, will not run."""
-        skipped = []
-        stack = list(self.dependants.get(job_id, ()))
-        while stack:
-            dep = self.jobs[stack.pop()]
-            if dep.state in FINAL_JOB_STATES or dep.state in ACTIVE_JOB_STATES:
-                continue
-            self.set_state(dep, JobState.SKIPPED)
-            dep.reason = f"not run: {job_id} did not succeed"
-            skipped.append(dep)
-            stack.extend(self.dependants.get(dep.id, ()))
-        return skipped
 
 
 def dependants_of(jobnet: Jobnet) -> dict[str, list[str]]:
