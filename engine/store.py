@@ -593,7 +593,8 @@ async def _configure(db: aiosqlite.Connection) -> None:
         except sqlite3.OperationalError as exc:
             # Switching a new file to WAL needs it alone: when the two managers of a pair start together,
             # SQLite answers one of them 'locked' at once rather than wait (it would deadlock).
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or attempt == _WAL_SWITCH_TRIES - 1:
+            busy = exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or attempt == _WAL_SWITCH_TRIES - 1:
                 raise
             await asyncio.sleep(0.05)
     await db.execute("PRAGMA synchronous=FULL")
