@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--watch", action="store_true", help="follow the run live until it ends")
     add_connection_args(s)
 
-    s = sub.add_parser("ls", help="list jobnets, runs or agents")
+    s = sub.add_parser("ls", help="list jobnets, runs, agents, destinations, locks or a jobnet's versions")
     s.add_argument("what", choices=["jobnets", "runs", "agents", "destinations", "locks", "versions"])
     s.add_argument("name", nargs="?", help="with versions: the jobnet")
     s.add_argument("--jobnet", help="runs of this jobnet only")
@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     schedule_cli.add_parsers(sub)
 
     for name in SERVICES:
-        s = sub.add_parser(name, help=f"run a {name} (see 'ekiden {name} --help')", add_help=False)
+        s = sub.add_parser(
+            name, help=f"run {'an' if name[0] in 'aeiou' else 'a'} {name} (see 'ekiden {name} --help')", add_help=False
+        )
         s.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
