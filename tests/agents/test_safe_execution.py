@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agents.errors import RunAsError
-from agents.executor import Executor
+from agents.executor import Executor, identity_env
 from agents.identity import resolve_user
 from agents.settings import inherited_env, load
 from schemas.messages import JobSpec, JobStatus
@@ -44,7 +44,10 @@ async def test_the_executor_passes_the_allowed_environment_and_the_jobs_own(tmp_
     assert fin.status == JobStatus.SUCCEEDED, fin
     env = json.loads(fin.stdout)
     assert env["KEPT"] == "3" and env["OWN"] == "2"
-    assert not {k for k in env if k.startswith("EKIDEN_")}
+    # The only EKIDEN_ variables a job sees tell it what it is; none of the agent's own reach it.
+    spec = _spec(argv=("true",))
+    assert {k for k in env if k.startswith("EKIDEN_")} == set(identity_env(spec))
+    assert env["EKIDEN_ATTEMPT_ID"] == spec.attempt_id
     assert "HOME" not in env  # not allowed here, so not passed
 
 
