@@ -30,6 +30,7 @@ from schemas.fields import DefinitionError as DefinitionError
 from schemas.fields import FieldError as FieldError
 from schemas.fields import check_keys as _check_keys
 from schemas.fields import child as _child
+from schemas.fields import named_tables
 from schemas.fields import string as _string
 from schemas.names import is_valid_name
 from schemas.resources import Lock, LockUse, parse_lock_uses, parse_locks, parse_max_running
@@ -467,28 +468,9 @@ def _restart_attribute(body: dict[str, Any], path: str, errors: list[FieldError]
     return RestartAttribute(restart)
 
 
-def _named_tables(
-    raw: Any, kind: str, keys: frozenset[str], errors: list[FieldError]
-) -> dict[str, tuple[str, dict[str, Any]]]:
-    """The valid ``[kind.NAME]`` tables as ``name -> (path, body)``; what is wrong with the rest goes to errors."""
-    if not isinstance(raw, dict):
-        errors.append(FieldError(kind, f"must be a table of {kind}s"))
-        return {}
-    out: dict[str, tuple[str, dict[str, Any]]] = {}
-    for name, body in raw.items():
-        path = _child(kind, name)
-        if not is_valid_name(name):
-            errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
-        elif not isinstance(body, dict):
-            errors.append(FieldError(path, "must be a table"))
-        else:
-            out[str(name)] = (path, _check_keys(body, keys, path, errors))
-    return out
-
-
 def _parse_agents(raw: Any, errors: list[FieldError]) -> dict[str, Agent]:
     out: dict[str, Agent] = {}
-    for name, (path, body) in _named_tables(raw, "agent", _AGENT_KEYS, errors).items():
+    for name, (path, body) in named_tables(raw, "agent", _AGENT_KEYS, errors).items():
         restart = _restart_attribute(body, path, errors)
         tenant = _tenant(body, path, errors)
         desc = _string(body, "description", path, errors) or ""
@@ -498,7 +480,7 @@ def _parse_agents(raw: Any, errors: list[FieldError]) -> dict[str, Agent]:
 
 def _parse_groups(raw: Any, errors: list[FieldError]) -> dict[str, Group]:
     out: dict[str, Group] = {}
-    for name, (path, body) in _named_tables(raw, "group", _GROUP_KEYS, errors).items():
+    for name, (path, body) in named_tables(raw, "group", _GROUP_KEYS, errors).items():
         members = body.get("agents")
         if not isinstance(members, list) or not members or not all(is_valid_name(m) for m in members):
             errors.append(FieldError(f"{path}.agents", "must be a non-empty list of agent names (priority order)"))
@@ -512,19 +494,8 @@ def _parse_groups(raw: Any, errors: list[FieldError]) -> dict[str, Group]:
 
 
 def _parse_destinations(raw: Any, errors: list[FieldError]) -> dict[str, Destination]:
-    if not isinstance(raw, dict):
-        errors.append(FieldError("destination", "must be a table of destinations"))
-        return {}
     out: dict[str, Destination] = {}
-    for name, body in raw.items():
-        path = _child("destination", name)
-        if not is_valid_name(name):
-            errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
-            continue
-        if not isinstance(body, dict):
-            errors.append(FieldError(path, "must be a table"))
-            continue
-        body = _check_keys(body, _DEST_KEYS, path, errors)
+    for name, (path, body) in named_tables(raw, "destination", _DEST_KEYS, errors).items():
         relay = body.get("relay", DEFAULT_RELAY)
         if not is_valid_name(relay):
             errors.append(FieldError(f"{path}.relay", "must be a valid relay name"))

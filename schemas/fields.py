@@ -5,6 +5,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.names import is_valid_name
+
 _PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -59,3 +61,22 @@ def string(raw: dict[str, Any], key: str, path: str, errors: list[FieldError]) -
         errors.append(FieldError(f"{path}.{key}", "must be a string"))
         return None
     return value
+
+
+def named_tables(
+    raw: Any, kind: str, keys: frozenset[str], errors: list[FieldError]
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The valid ``[kind.NAME]`` tables as ``name -> (path, body)``; what is wrong with the rest goes to errors."""
+    if not isinstance(raw, dict):
+        errors.append(FieldError(kind, f"must be a table of {kind}s"))
+        return {}
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, body in raw.items():
+        path = child(kind, name)
+        if not is_valid_name(name):
+            errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
+        elif not isinstance(body, dict):
+            errors.append(FieldError(path, "must be a table"))
+        else:
+            out[str(name)] = (path, check_keys(body, keys, path, errors))
+    return out

@@ -9,7 +9,7 @@ how many jobs run at once on a destination, an agent, or of one jobnet (across i
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.fields import FieldError, check_keys, child, string
+from schemas.fields import FieldError, check_keys, named_tables, string
 from schemas.names import is_valid_name
 
 #: Largest lock capacity and weight, and largest ``max_running``.
@@ -57,19 +57,8 @@ def _count(value: Any) -> bool:
 
 def parse_locks(raw: Any, errors: list[FieldError]) -> dict[str, Lock]:
     """The ``[lock.NAME]`` tables."""
-    if not isinstance(raw, dict):
-        errors.append(FieldError("lock", "must be a table of locks"))
-        return {}
     out: dict[str, Lock] = {}
-    for name, body in raw.items():
-        path = child("lock", name)
-        if not is_valid_name(name):
-            errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
-            continue
-        if not isinstance(body, dict):
-            errors.append(FieldError(path, "must be a table"))
-            continue
-        body = check_keys(body, _LOCK_KEYS, path, errors)
+    for name, (path, body) in named_tables(raw, "lock", _LOCK_KEYS, errors).items():
         capacity = body.get("capacity", 1)
         if not _count(capacity):
             errors.append(FieldError(f"{path}.capacity", f"must be an integer in 1..{MAX_CAPACITY} (1: exclusive)"))
@@ -78,7 +67,7 @@ def parse_locks(raw: Any, errors: list[FieldError]) -> dict[str, Lock]:
         if not is_valid_name(tenant):
             errors.append(FieldError(f"{path}.tenant", "must be a valid tenant name"))
             tenant = _DEFAULT_TENANT
-        out[str(name)] = Lock(str(name), capacity, tenant, string(body, "description", path, errors) or "")
+        out[name] = Lock(name, capacity, tenant, string(body, "description", path, errors) or "")
     return out
 
 
