@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from agents.calls import CallTargets, invoke
 from agents.errors import CallTargetError, RunAsError
@@ -77,7 +77,11 @@ class Executor:
         )
 
     async def run(
-        self, spec: JobSpec, kill: asyncio.Event | None = None, on_started: OnStarted | None = None
+        self,
+        spec: JobSpec,
+        kill: asyncio.Event | None = None,
+        on_started: OnStarted | None = None,
+        tap: Callable[[str, bytes], None] | None = None,
     ) -> Finished:
         """Run one attempt to its end; a job that fails, cannot start, times out or is killed is a result.
 
@@ -85,6 +89,7 @@ class Executor:
             spec: what to run.
             kill: set it to stop the job (its whole process group); it then finishes KILLED.
             on_started: awaited with the process ID (for a call, this process's) once the job runs.
+            tap: sees a command's output as it comes, with the stream's name (live output).
 
         Returns:
             The result, with exit code, bounded output, duration and host.
@@ -98,7 +103,7 @@ class Executor:
                 else await self._run_call(spec, spec.call, kill, on_started)
             )
         else:
-            outcome = await self._run_process(spec, kill, on_started)
+            outcome = await self._run_process(spec, kill, on_started, tap)
         finished = Finished(
             attempt_id=spec.attempt_id,
             status=outcome.status,
@@ -113,7 +118,13 @@ class Executor:
         logger.debug("attempt %s: %s (exit %s)", spec.attempt_id, finished.status, finished.exit_code)
         return finished
 
-    async def _run_process(self, spec: JobSpec, kill: asyncio.Event, on_started: OnStarted | None) -> Outcome:
+    async def _run_process(
+        self,
+        spec: JobSpec,
+        kill: asyncio.Event,
+        on_started: OnStarted | None,
+        tap: Callable[[str, bytes], None] | None = None,
+    ) -> Outcome:
         argv = list(spec.argv) if spec.argv is not None else [SHELL, "-c", spec.shell or ""]
         env = {**self._job_env, **spec.env, **identity_env(spec)}
         cwd, switch = spec.cwd, None
@@ -126,7 +137,7 @@ class Executor:
             env.update(run_as.env())
             cwd, switch = cwd or run_as.workdir, run_as.switcher()
         return await self._processes.run(
-            argv, env, cwd, spec.output_limit_bytes, spec.timeout_s, kill, on_started, preexec_fn=switch
+            argv, env, cwd, spec.output_limit_bytes, spec.timeout_s, kill, on_started, preexec_fn=switch, tap=tap
         )
 
     async def _run_call(self, spec: JobSpec, target: str, kill: asyncio.Event, on_started: OnStarted | None) -> Outcome:

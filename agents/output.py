@@ -1,5 +1,7 @@
 """Bounded capture of a job's output: keep the head and the tail, count what was cut from the middle."""
 
+from collections.abc import Callable
+
 #: Most output kept per stream whatever a spec asks, in bytes, so that a finished event with both
 #: streams always fits one NATS message (1 MiB by default).
 MAX_STREAM_BYTES = 384 * 1024
@@ -19,8 +21,10 @@ class BoundedCapture:
     than one that writes the limit.
     """
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, tap: Callable[[bytes], None] | None = None) -> None:
         limit = max(0, min(limit_bytes, MAX_STREAM_BYTES))
+        #: sees every piece as it comes (live output), before the bound
+        self._tap = tap
         self._head_max = limit // 2
         self._tail_max = limit - self._head_max
         self._head = bytearray()
@@ -30,6 +34,8 @@ class BoundedCapture:
 
     def feed(self, data: bytes) -> None:
         """Take the next piece of the stream."""
+        if self._tap is not None:
+            self._tap(data)
         self.total_bytes += len(data)
         view = memoryview(data)
         room = self._head_max - len(self._head)

@@ -1,6 +1,7 @@
 """Running a command in its own process group, with bounded output, timeout, kill and no leftovers."""
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -80,6 +81,7 @@ class ProcessRunner:
         kill: asyncio.Event,
         on_started: OnStarted | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        tap: Callable[[str, bytes], None] | None = None,
     ) -> Outcome:
         """Run ``argv`` to its end, its timeout or ``kill``; never raises for a job that fails or cannot start.
 
@@ -92,6 +94,7 @@ class ProcessRunner:
             kill: set to stop the job.
             on_started: awaited with the process ID once it runs.
             preexec_fn: run in the child before exec (switching to another user); None: nothing.
+            tap: sees each piece of output as it comes, with its stream's name (live output).
         """
         loop = asyncio.get_running_loop()
         # loop.subprocess_exec is what asyncio.create_subprocess_exec wraps; calling it directly lets the
@@ -112,7 +115,8 @@ class ProcessRunner:
             return Outcome.error(f"cannot start {argv[0]!r}: {exc}")
         pgid = transport.get_pid()
         deadline = loop.time() + timeout_s if timeout_s is not None else None
-        out, err = BoundedCapture(limit_bytes), BoundedCapture(limit_bytes)
+        out = BoundedCapture(limit_bytes, functools.partial(tap, "stdout") if tap else None)
+        err = BoundedCapture(limit_bytes, functools.partial(tap, "stderr") if tap else None)
         stopped: JobStatus | None = None
         try:
             async with asyncio.TaskGroup() as tg:

@@ -19,7 +19,8 @@ from runtime.bus import reply
 from runtime.epochs import EpochFence
 from runtime.outbox import EventOutbox, eid_of
 from schemas import subjects
-from schemas.codec import decode, encode_one, error_reply
+from schemas.codec import decode, encode, encode_one, error_reply
+from schemas.definitions import DEFAULT_TENANT
 from schemas.errors import ErrorCode, WireError
 from schemas.messages import Envelope, Finished, Kind, event_for
 
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a heartbeat hook (JetStream in-progress) may take.
 HOOK_TIMEOUT_S = 5.0
+#: Seconds between publications of a running job's live output.
+LIVE_FLUSH_S = 0.25
+#: Most live output buffered between two publications, in bytes (more is dropped from the live view only).
+LIVE_MAX_BYTES = 256 * 1024
 #: Seconds a job runs before its STARTED event is sent. A job that ends sooner reports only FINISHED
 #: (whose duration tells when it started): half the events for short jobs, on every hop.
 STARTED_DELAY_S = 0.02
@@ -93,6 +98,41 @@ async def wait_outbox(outbox: EventOutbox, timeout_s: float) -> bool:
     return True
 
 
+class LiveOutput:
+    """A running job's output waiting to be published, bounded: what goes over the bound is counted, not kept."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, bytearray]] = []
+        self._size = 0
+        self._dropped = 0
+        #: pieces published so far (their sequence numbers)
+        self.sent = 0
+        #: the job outlived STARTED_DELAY_S: its output is being published
+        self.streaming = False
+
+    def feed(self, stream: str, data: bytes) -> None:
+        """Take a piece of ``stream`` (called by the executor as output comes)."""
+        room = LIVE_MAX_BYTES - self._size
+        if room <= 0:
+            self._dropped += len(data)
+            return
+        kept = data[:room]
+        self._dropped += len(data) - len(kept)
+        if self._pending and self._pending[-1][0] == stream:
+            self._pending[-1][1].extend(kept)
+        else:
+            self._pending.append((stream, bytearray(kept)))
+        self._size += len(kept)
+
+    def take(self) -> list[tuple[str, bytes, int]]:
+        """What to publish now: ``(stream, data, bytes dropped before it)``."""
+        pieces = [(stream, bytes(data), 0) for stream, data in self._pending]
+        if self._dropped and pieces:
+            pieces[0] = (pieces[0][0], pieces[0][1], self._dropped)
+        self._pending, self._size, self._dropped = [], 0, 0
+        return pieces
+
+
 class Reporter:
     """Runs attempts with the executor while reporting them and listening for kill requests."""
 
@@ -132,16 +172,46 @@ class Reporter:
             pid_box.append(pid)
             launched.set()
 
+        live = LiveOutput()
         self._running[attempt.attempt_id] = attempt
         try:
             async with asyncio.TaskGroup() as tg:
                 beats = tg.create_task(self._announce_and_beat(attempt, launched, pid_box, on_heartbeat))
+                streaming = tg.create_task(self._stream(attempt, launched, live))
                 try:
-                    return await self._executor.run(attempt.spec, attempt.kill, on_started)
+                    return await self._executor.run(attempt.spec, attempt.kill, on_started, live.feed)
                 finally:
                     beats.cancel()
+                    streaming.cancel()
+                    if live.streaming:
+                        await self._publish_output(attempt, live)  # what came since the last flush
         finally:
             self._running.pop(attempt.attempt_id, None)
+
+    async def _stream(self, attempt: Attempt, launched: asyncio.Event, live: "LiveOutput") -> None:
+        """Publish live output every LIVE_FLUSH_S once the job outlived STARTED_DELAY_S (short jobs never do)."""
+        await launched.wait()
+        await asyncio.sleep(STARTED_DELAY_S)
+        live.streaming = True
+        while True:
+            await self._publish_output(attempt, live)
+            await asyncio.sleep(LIVE_FLUSH_S)
+
+    async def _publish_output(self, attempt: Attempt, live: "LiveOutput") -> None:
+        pieces = live.take()
+        if not pieces:
+            return
+        dispatch = attempt.dispatch
+        subject = subjects.output(dispatch.sid, dispatch.tenant or DEFAULT_TENANT, attempt.attempt_id)
+        envs = [
+            event_for(dispatch, Kind.OUTPUT, {"stream": stream, "data": data, "dropped": dropped}, time.time(), seq)
+            for seq, (stream, data, dropped) in enumerate(pieces, start=live.sent)
+        ]
+        live.sent += len(envs)
+        try:
+            await self._nc.publish(subject, encode(envs))
+        except NatsError as exc:  # live output is best effort; the kept output comes with the result
+            logger.debug("live output of %s not sent: %s", attempt.attempt_id, exc)
 
     async def serve_control(self, sub: Subscription) -> None:
         """Take kill requests for the attempts this process runs (one subscription for all of them)."""

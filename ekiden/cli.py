@@ -17,6 +17,7 @@ from ekiden import site as site_cli
 from ekiden.client import ApiClient, CliError, add_connection_args, endpoint_of, site_dir
 from ekiden.deffiles import load_definitions
 from ekiden.follow import RunFollower
+from ekiden.livelogs import follow_logs
 from ekiden.render import listing, run_status
 from ekiden.render import print_json as _print_json
 from ekiden.up import Stack, StackPlan
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("job")
     s.add_argument("--attempt", type=int, help="attempt number (default: the latest)")
+    s.add_argument("--follow", action="store_true", help="print the output as the job runs, until it ends")
     add_connection_args(s)
 
     s = sub.add_parser("up", help="start the embedded stack: NATS, manager, relay, workers, agent")
@@ -271,6 +273,10 @@ async def cmd_logs(args: argparse.Namespace) -> int:
     """``ekiden logs``."""
     client = await _client(args)
     try:
+        if args.follow:
+            job = await follow_logs(client, args.run, args.job)
+            print(f"({args.job} {job['state']})", file=sys.stderr)
+            return 0
         out = await client.call("logs", run=args.run, job=args.job, attempt=args.attempt)
     finally:
         await client.close()

@@ -117,8 +117,9 @@ def permissions(who: Identity) -> Permissions:
         )
     if who.role == Role.RELAY:
         return Permissions(
-            publish=(subjects.all_events(), subjects.all_dest_runs(), *_relay_jetstream()),
+            publish=(subjects.all_events(), subjects.all_dest_runs(), subjects.all_output(), *_relay_jetstream()),
             subscribe=(
+                subjects.all_output(),
                 subjects.relay_run(who.name),
                 subjects.relay_events(who.name),
                 subjects.relay_stats(who.name),
@@ -133,6 +134,7 @@ def permissions(who: Identity) -> Permissions:
         return Permissions(
             publish=(
                 subjects.all_relay_events(),
+                subjects.all_output(),
                 subjects.dest_heartbeat(who.name),
                 subjects.js_consumer_api("CONSUMER.MSG.NEXT", stream),
                 subjects.js_acks(stream),
@@ -144,7 +146,12 @@ def permissions(who: Identity) -> Permissions:
         )
     if who.role == Role.AGENT:
         return Permissions(
-            publish=(subjects.all_events(), subjects.REGISTER, subjects.agent_heartbeat(who.name)),
+            publish=(
+                subjects.all_events(),
+                subjects.all_output(),
+                subjects.REGISTER,
+                subjects.agent_heartbeat(who.name),
+            ),
             subscribe=(subjects.agent_run(who.name), hello, control, inbox),
             allow_responses=True,
         )
@@ -154,7 +161,8 @@ def permissions(who: Identity) -> Permissions:
         pub = tuple(subjects.api_grant(who.name, verb) for verb in READ_VERBS)
     else:
         pub = (subjects.api_grant(subjects.ALL_TENANTS),)
-    return Permissions(publish=pub, subscribe=(subjects.run_updates_grant(who.tenant), inbox), allow_responses=False)
+    grants = (subjects.run_updates_grant(who.tenant), subjects.output_grant(who.tenant), inbox)
+    return Permissions(publish=pub, subscribe=grants, allow_responses=False)
 
 
 def _relay_jetstream() -> tuple[str, ...]:

@@ -19,6 +19,7 @@ import logging
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from relay.events import EventIntake, ManagerAcks, route, serve_hello
@@ -141,6 +142,12 @@ class Relay:
                 forwarder = tg.create_task(self._forwarder.run(js))
                 beats_sub = await subscribe(nc, subjects.all_dest_heartbeats())
                 beats = tg.create_task(self._presence.serve(beats_sub))
+                carrying = None
+                if nc is not self._upstream:
+                    # Workers' live output, carried to the managers' side as it is (best effort, one
+                    # relay of the name is enough).
+                    out_sub = await subscribe(nc, subjects.all_output(), subjects.RELAY_QUEUE)
+                    carrying = tg.create_task(self._carry_output(out_sub))
                 if not self._intake_stopped.is_set():
                     evt_sub = await subscribe(nc, subjects.relay_events(self._name), subjects.RELAY_QUEUE)
                     intake = tg.create_task(self._events.serve(evt_sub))
@@ -155,7 +162,16 @@ class Relay:
                 except TimeoutError:
                     logger.warning("relay %s: forwarder cancelled on stop", self._name)
                 beats.cancel()
+                if carrying is not None:
+                    carrying.cancel()
             self._js = None
+
+    async def _carry_output(self, sub: Subscription) -> None:
+        async for msg in sub.messages:
+            try:
+                await self._upstream.publish(msg.subject, msg.data)
+            except NatsError as exc:  # live output is best effort
+                logger.debug("live output on %s not carried: %s", msg.subject, exc)
 
     async def _snapshot(self) -> Snapshot:
         """What a metrics scrape shows."""

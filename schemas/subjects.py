@@ -185,6 +185,21 @@ def api_grant(tenant: str, verb: str = "*") -> str:
     return f"{ROOT}.*.api.{token}.{verb if verb == '*' else check_name(verb, 'API verb')}"
 
 
+def output(sid: str, tenant: str, attempt_id: str) -> str:
+    """Live output of one running attempt (best effort; the whole kept output comes with its result)."""
+    return f"{ROOT}.{check_name(sid, 'server id')}.out.{check_name(tenant, 'tenant')}.{attempt_id}"
+
+
+def all_output() -> str:
+    """Live output of every attempt, for executors to publish and relays to carry upstream."""
+    return output_grant(None)
+
+
+def output_grant(tenant: str | None) -> str:
+    """Live output of every attempt of ``tenant`` (None: of every tenant), for operators to follow."""
+    return f"{ROOT}.*.out.{'*' if tenant is None else check_name(tenant, 'tenant')}.*"
+
+
 def run_updates_grant(tenant: str | None) -> str:
     """Progress of every run of ``tenant`` (None: of every tenant) of any server ID."""
     return f"{ROOT}.*.run.{'*' if tenant is None else check_name(tenant, 'tenant')}.*"

@@ -144,3 +144,31 @@ async def test_rerun_from_a_failed_job_and_the_exit_code_table(stack: tuple[Stac
     assert ("rerun", "ok") in actions
     assert ("skip", "refused") in actions
     assert ("run", "ok") in actions
+
+
+async def test_logs_follow_streams_a_running_jobs_output_as_it_comes(
+    stack: tuple[Stack, ApiClient], tmp_path: Path
+) -> None:
+    st, client = stack
+    mark = tmp_path / "seen"
+    # The job ticks until the test has seen a tick on 'logs --follow': it can only end if its output
+    # reached the follower while it was still running (a follower sees output from when it attaches).
+    script = f"while [ ! -e {mark} ]; do echo tick; sleep 0.1; done; echo last >&2"
+    defs = {"jobnet": {"talk": {"job": [{"id": "t", "cmd": script, "shell": True, "dest": "cloud"}]}}}
+    await client.call("apply", definitions=defs)
+    run = (await client.call("run", jobnet="talk"))["run"]
+    argv = [sys.executable, "-m", "ekiden", "logs", run, "t", "--follow", "--nats", st.endpoint.nats_url]
+    argv += ["--site", str(st.site)]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):
+        first = await proc.stdout.readline()
+        mark.touch()
+        _, err = await proc.communicate()
+    assert first == b"tick\n"
+    assert proc.returncode == 0, err
+    assert b"last" in err
+    assert b"(t succeeded)" in err
+    assert (await wait_for_run(client, run))["state"] == "succeeded"
