@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from schemas.fields import FieldError, check_keys, child, string
+from schemas.fields import FieldError, check_keys, named_table, string
 from schemas.names import is_valid_name
 
 #: Weekday names in Python's order (Monday is 0).
@@ -129,15 +129,11 @@ class Calendar:
 
 def parse_calendar(name: str, body: Any, errors: list[FieldError]) -> Calendar | None:
     """Validate one ``[calendar.NAME]`` table; append every problem to ``errors``."""
-    path = child("calendar", name)
-    if not is_valid_name(name):
-        errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
-        return None
-    if not isinstance(body, dict):
-        errors.append(FieldError(path, "must be a table"))
-        return None
     before = len(errors)
-    body = check_keys(body, CALENDAR_KEYS, path, errors)
+    found = named_table("calendar", name, body, CALENDAR_KEYS, errors)
+    if found is None:
+        return None
+    path, body = found
     if "dates_file" in body:
         errors.append(
             FieldError(

@@ -30,7 +30,7 @@ from schemas.fields import DefinitionError as DefinitionError
 from schemas.fields import FieldError as FieldError
 from schemas.fields import check_keys as _check_keys
 from schemas.fields import child as _child
-from schemas.fields import named_tables
+from schemas.fields import named_table, named_tables
 from schemas.fields import string as _string
 from schemas.names import is_valid_name
 from schemas.resources import Lock, LockUse, parse_lock_uses, parse_locks, parse_max_running
@@ -516,14 +516,10 @@ def _tenant(body: dict[str, Any], path: str, errors: list[FieldError]) -> str:
 
 
 def _parse_jobnet(name: str, body: Any, errors: list[FieldError]) -> Jobnet | None:
-    path = _child("jobnet", name)
-    if not is_valid_name(name):
-        errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
+    found = named_table("jobnet", name, body, _JOBNET_KEYS, errors)
+    if found is None:
         return None
-    if not isinstance(body, dict):
-        errors.append(FieldError(path, "must be a table"))
-        return None
-    body = _check_keys(body, _JOBNET_KEYS, path, errors)
+    path, body = found
     raw_jobs = body.get("job")
     if not isinstance(raw_jobs, list) or not raw_jobs:
         errors.append(FieldError(f"{path}.job", "a jobnet needs at least one job ([[jobnet.NAME.job]])"))

@@ -72,11 +72,21 @@ def named_tables(
         return {}
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     for name, body in raw.items():
-        path = child(kind, name)
-        if not is_valid_name(name):
-            errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
-        elif not isinstance(body, dict):
-            errors.append(FieldError(path, "must be a table"))
-        else:
-            out[str(name)] = (path, check_keys(body, keys, path, errors))
+        found = named_table(kind, name, body, keys, errors)
+        if found is not None:
+            out[str(name)] = found
     return out
+
+
+def named_table(
+    kind: str, name: Any, body: Any, keys: frozenset[str], errors: list[FieldError]
+) -> tuple[str, dict[str, Any]] | None:
+    """One ``[kind.NAME]`` table as ``(path, body)`` with unknown keys reported; None if its name or shape is wrong."""
+    path = child(kind, name)
+    if not is_valid_name(name):
+        errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
+        return None
+    if not isinstance(body, dict):
+        errors.append(FieldError(path, "must be a table"))
+        return None
+    return path, check_keys(body, keys, path, errors)

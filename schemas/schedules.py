@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schemas.calendars import MAX_DATE, CalendarSet, Rule, parse_rule
 from schemas.cron import Cron, CronError, parse_cron
-from schemas.fields import FieldError, check_keys, child, string
+from schemas.fields import FieldError, named_table, string
 from schemas.names import is_valid_name
 
 SCHEDULE_KEYS = frozenset(
@@ -158,15 +158,11 @@ def format_time(t: time) -> str:
 
 def parse_schedule(name: str, body: Any, errors: list[FieldError]) -> Schedule | None:
     """Validate one ``[schedule.NAME]`` table; append every problem to ``errors``."""
-    path = child("schedule", name)
-    if not is_valid_name(name):
-        errors.append(FieldError(path, "invalid name: use letters, digits, '_' and '-' (at most 64)"))
-        return None
-    if not isinstance(body, dict):
-        errors.append(FieldError(path, "must be a table"))
-        return None
     before = len(errors)
-    body = check_keys(body, SCHEDULE_KEYS, path, errors)
+    found = named_table("schedule", name, body, SCHEDULE_KEYS, errors)
+    if found is None:
+        return None
+    path, body = found
     jobnet = body.get("jobnet")
     if not is_valid_name(jobnet):
         errors.append(FieldError(f"{path}.jobnet", "missing or invalid: the name of the jobnet to start"))
