@@ -58,6 +58,14 @@ class BoundedCapture:
         """Bytes dropped from the middle."""
         return self.total_bytes - len(self._head) - len(self._tail)
 
+    def pieces(self) -> list[tuple[int, bytes]]:
+        """What was kept as ``(offset in the stream, bytes)``: one piece, or the head and the tail around a cut."""
+        if self.cut_bytes == 0:
+            whole = bytes(self._head + self._tail)
+            return [(0, whole)] if whole else []
+        kept = [(0, bytes(self._head)), (self.total_bytes - len(self._tail), bytes(self._tail))]
+        return [(offset, data) for offset, data in kept if data]
+
     def value(self) -> bytes:
         """What was kept, with a marker line where the middle was cut."""
         cut = self.cut_bytes

@@ -15,6 +15,7 @@ from nats.errors import Error as NatsError
 
 from agents.attempts import Attempt
 from agents.executor import Executor
+from agents.live import LIVE_FLUSH_S, LiveOutput, Piece
 from runtime.bus import reply
 from runtime.epochs import EpochFence
 from runtime.outbox import EventOutbox, eid_of
@@ -22,16 +23,12 @@ from schemas import subjects
 from schemas.codec import decode, encode, encode_one, error_reply
 from schemas.definitions import DEFAULT_TENANT
 from schemas.errors import ErrorCode, WireError
-from schemas.messages import Envelope, Finished, Kind, event_for
+from schemas.messages import Envelope, Finished, Kind, event_for, output_for
 
 logger = logging.getLogger(__name__)
 
 #: Seconds a heartbeat hook (JetStream in-progress) may take.
 HOOK_TIMEOUT_S = 5.0
-#: Seconds between publications of a running job's live output.
-LIVE_FLUSH_S = 0.25
-#: Most live output buffered between two publications, in bytes (more is dropped from the live view only).
-LIVE_MAX_BYTES = 256 * 1024
 #: Seconds a job runs before its STARTED event is sent. A job that ends sooner reports only FINISHED
 #: (whose duration tells when it started): half the events for short jobs, on every hop.
 STARTED_DELAY_S = 0.02
@@ -98,41 +95,6 @@ async def wait_outbox(outbox: EventOutbox, timeout_s: float) -> bool:
     return True
 
 
-class LiveOutput:
-    """A running job's output waiting to be published, bounded: what goes over the bound is counted, not kept."""
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[str, bytearray]] = []
-        self._size = 0
-        self._dropped = 0
-        #: pieces published so far (their sequence numbers)
-        self.sent = 0
-        #: the job outlived STARTED_DELAY_S: its output is being published
-        self.streaming = False
-
-    def feed(self, stream: str, data: bytes) -> None:
-        """Take a piece of ``stream`` (called by the executor as output comes)."""
-        room = LIVE_MAX_BYTES - self._size
-        if room <= 0:
-            self._dropped += len(data)
-            return
-        kept = data[:room]
-        self._dropped += len(data) - len(kept)
-        if self._pending and self._pending[-1][0] == stream:
-            self._pending[-1][1].extend(kept)
-        else:
-            self._pending.append((stream, bytearray(kept)))
-        self._size += len(kept)
-
-    def take(self) -> list[tuple[str, bytes, int]]:
-        """What to publish now: ``(stream, data, bytes dropped before it)``."""
-        pieces = [(stream, bytes(data), 0) for stream, data in self._pending]
-        if self._dropped and pieces:
-            pieces[0] = (pieces[0][0], pieces[0][1], self._dropped)
-        self._pending, self._size, self._dropped = [], 0, 0
-        return pieces
-
-
 class Reporter:
     """Runs attempts with the executor while reporting them and listening for kill requests."""
 
@@ -151,7 +113,8 @@ class Reporter:
         self._executor = executor
         self._worker = worker
         self._heartbeat_s = heartbeat_s
-        self._running: dict[str, Attempt] = {}
+        #: the attempts this process runs, with their live output
+        self._running: dict[str, tuple[Attempt, LiveOutput]] = {}
 
     @property
     def host(self) -> str:
@@ -173,7 +136,7 @@ class Reporter:
             launched.set()
 
         live = LiveOutput()
-        self._running[attempt.attempt_id] = attempt
+        self._running[attempt.attempt_id] = (attempt, live)
         try:
             async with asyncio.TaskGroup() as tg:
                 beats = tg.create_task(self._announce_and_beat(attempt, launched, pid_box, on_heartbeat))
@@ -188,7 +151,7 @@ class Reporter:
         finally:
             self._running.pop(attempt.attempt_id, None)
 
-    async def _stream(self, attempt: Attempt, launched: asyncio.Event, live: "LiveOutput") -> None:
+    async def _stream(self, attempt: Attempt, launched: asyncio.Event, live: LiveOutput) -> None:
         """Publish live output every LIVE_FLUSH_S once the job outlived STARTED_DELAY_S (short jobs never do)."""
         await launched.wait()
         await asyncio.sleep(STARTED_DELAY_S)
@@ -197,17 +160,22 @@ class Reporter:
             await self._publish_output(attempt, live)
             await asyncio.sleep(LIVE_FLUSH_S)
 
-    async def _publish_output(self, attempt: Attempt, live: "LiveOutput") -> None:
-        pieces = live.take()
+    async def _publish_output(self, attempt: Attempt, live: LiveOutput, replay: bool = False) -> None:
+        """Publish the output that came since the last publication, or (``replay``) all of it so far.
+
+        A replay is one message even when the job wrote nothing yet, so that a follower knows it came.
+        """
+        pieces: list[Piece] = (live.so_far() or [("stdout", 0, b"")]) if replay else live.take()
         if not pieces:
             return
         dispatch = attempt.dispatch
         subject = subjects.output(dispatch.sid, dispatch.tenant or DEFAULT_TENANT, attempt.attempt_id)
+        now = time.time()
+        extra = {"replay": True} if replay else {}
         envs = [
-            event_for(dispatch, Kind.OUTPUT, {"stream": stream, "data": data, "dropped": dropped}, time.time(), seq)
-            for seq, (stream, data, dropped) in enumerate(pieces, start=live.sent)
+            output_for(dispatch, {"stream": stream, "offset": offset, "data": data, **extra}, now)
+            for stream, offset, data in pieces
         ]
-        live.sent += len(envs)
         try:
             await self._nc.publish(subject, encode(envs))
         except NatsError as exc:  # live output is best effort; the kept output comes with the result
@@ -251,20 +219,26 @@ class Reporter:
             await reply(msg, error_reply(exc, ts=time.time()))
             return
         attempt_id = msg.subject.removeprefix(subjects.control(""))
-        attempt = self._running.get(attempt_id)
-        if attempt is None:
+        running = self._running.get(attempt_id)
+        if running is None:
             return  # another executor runs it, or it already ended: that one answers
+        attempt, live = running
         actions = {env.payload.get("action") for env in envs if env.kind == Kind.CONTROL}
-        if "kill" not in actions:
+        if "kill" in actions:
+            logger.info("attempt %s: kill requested", attempt.attempt_id)
+            attempt.kill.set()
+            action = "kill"
+        elif "replay" in actions:
+            await self._publish_output(attempt, live, replay=True)
+            action = "replay"
+        else:
             error = WireError(ErrorCode.INVALID, f"no known control action in {sorted(map(str, actions))}")
             await reply(msg, error_reply(error, ts=time.time()))
             return
-        logger.info("attempt %s: kill requested", attempt.attempt_id)
-        attempt.kill.set()
         ack = Envelope(
             kind=Kind.ACK,
             sid=attempt.dispatch.sid,
-            payload={"attempt_id": attempt.attempt_id, "action": "kill"},
+            payload={"attempt_id": attempt.attempt_id, "action": action},
             ts=time.time(),
         )
         await reply(msg, encode_one(ack))

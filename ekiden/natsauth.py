@@ -117,9 +117,16 @@ def permissions(who: Identity) -> Permissions:
         )
     if who.role == Role.RELAY:
         return Permissions(
-            publish=(subjects.all_events(), subjects.all_dest_runs(), subjects.all_output(), *_relay_jetstream()),
+            publish=(
+                subjects.all_events(),
+                subjects.all_dest_runs(),
+                subjects.all_output(),
+                control,
+                *_relay_jetstream(),
+            ),
             subscribe=(
                 subjects.all_output(),
+                control,
                 subjects.relay_run(who.name),
                 subjects.relay_events(who.name),
                 subjects.relay_stats(who.name),

@@ -24,7 +24,7 @@ from engine.store import Lease, SiteQueries
 from runtime.bus import reply
 from schemas import subjects
 from schemas.codec import decode, encode_one, error_reply
-from schemas.definitions import DEFAULT_RELAY
+from schemas.definitions import DEFAULT_RELAY, DEFAULT_TENANT
 from schemas.errors import ErrorCode, WireError
 from schemas.messages import Envelope, Kind
 
@@ -66,6 +66,7 @@ class Api:
             "jobnets": self._jobnets,
             "agents": self._agents,
             "logs": self._logs,
+            "live": self._live,
             "destinations": self._destinations,
             "audit": self._audit,
             "locks": self._locks,
@@ -238,6 +239,22 @@ class Api:
             return None
         found = reply.payload.get("destinations") if reply.kind == Kind.REPLY else None
         return [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
+
+    async def _live(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Ask the running attempts of a job to publish their output so far on their live output subjects."""
+        run_id, job_id = str(args.get("run", "")), str(args.get("job", ""))
+        run = self._core.runs.get(run_id)
+        tenant = _CALLER.get()
+        if run is None or (not tenancy.is_admin(tenant) and (run.tenant or DEFAULT_TENANT) != tenant):
+            raise WireError(ErrorCode.NOT_FOUND, f"run {run_id!r} is not running")
+        job = run.jobs.get(job_id)
+        if job is None:
+            raise WireError(ErrorCode.NOT_FOUND, f"run {run_id} has no job {job_id!r}")
+        asked = [a.attempt_id for a in job.live_attempts() if not a.status]
+        ask = Envelope(Kind.CONTROL, self._settings.server_id, {"action": "replay"}, self._lease.epoch, ts=time.time())
+        for attempt_id in asked:
+            await self._nc.publish(subjects.control(attempt_id), encode_one(ask))
+        return {"run": run.run_id, "job": job.id, "attempts": asked}
 
     async def _logs(self, args: dict[str, Any]) -> dict[str, Any]:
         run_id, job = str(args.get("run", "")), str(args.get("job", ""))

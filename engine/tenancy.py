@@ -23,7 +23,7 @@ from schemas.errors import ErrorCode, WireError
 #: The caller's tenant token of an admin.
 ADMIN = subjects.ALL_TENANTS
 #: Verbs that only read; a read-only operator credential may publish these and no others.
-READ_VERBS = ("ping", "status", "runs", "jobnets", "agents", "logs", "destinations")
+READ_VERBS = ("ping", "status", "runs", "jobnets", "agents", "logs", "live", "destinations")
 #: Commands on one run (``engine.control``) that an operator may give for its own tenant's runs.
 RUN_VERBS = ("hold", "release", "skip", "kill", "rerun", "set_status")
 #: Verbs an operator of one tenant may call (each scoped to the tenant); every other verb is the admin's.

@@ -142,12 +142,13 @@ class Relay:
                 forwarder = tg.create_task(self._forwarder.run(js))
                 beats_sub = await subscribe(nc, subjects.all_dest_heartbeats())
                 beats = tg.create_task(self._presence.serve(beats_sub))
-                carrying = None
+                carrying: list[asyncio.Task[None]] = []
                 if nc is not self._upstream:
-                    # Workers' live output, carried to the managers' side as it is (best effort, one
-                    # relay of the name is enough).
+                    # Workers' live output goes up and managers' control requests (kill, replay of the
+                    # output so far) go down, as they are (best effort, one relay of the name is enough).
                     out_sub = await subscribe(nc, subjects.all_output(), subjects.RELAY_QUEUE)
-                    carrying = tg.create_task(self._carry_output(out_sub))
+                    ctl_sub = await subscribe(self._upstream, subjects.control_all(), subjects.relay_queue(self._name))
+                    carrying = [tg.create_task(_carry(out_sub, self._upstream)), tg.create_task(_carry(ctl_sub, nc))]
                 if not self._intake_stopped.is_set():
                     evt_sub = await subscribe(nc, subjects.relay_events(self._name), subjects.RELAY_QUEUE)
                     intake = tg.create_task(self._events.serve(evt_sub))
@@ -162,16 +163,9 @@ class Relay:
                 except TimeoutError:
                     logger.warning("relay %s: forwarder cancelled on stop", self._name)
                 beats.cancel()
-                if carrying is not None:
-                    carrying.cancel()
+                for task in carrying:
+                    task.cancel()
             self._js = None
-
-    async def _carry_output(self, sub: Subscription) -> None:
-        async for msg in sub.messages:
-            try:
-                await self._upstream.publish(msg.subject, msg.data)
-            except NatsError as exc:  # live output is best effort
-                logger.debug("live output on %s not carried: %s", msg.subject, exc)
 
     async def _snapshot(self) -> Snapshot:
         """What a metrics scrape shows."""
@@ -216,3 +210,15 @@ async def _stop_intake(sub: Subscription, task: asyncio.Task[None]) -> None:
     except Exception as exc:  # NATS down or the drain too slow: what was not answered is retried by its sender
         logger.warning("intake %s did not drain (%s: %s)", sub.subject, type(exc).__name__, exc)
         task.cancel()
+
+
+async def _carry(sub: Subscription, to: Client) -> None:
+    """Publish every message of ``sub`` on the other NATS system as it is (live output, control requests)."""
+    carried = {subjects.CARRIED_HEADER: "1"}
+    async for msg in sub.messages:
+        if msg.headers and subjects.CARRIED_HEADER in msg.headers:
+            continue  # carried here by a relay: going back would loop
+        try:
+            await to.publish(msg.subject, msg.data, headers=carried)
+        except NatsError as exc:  # best effort, as on one NATS system
+            logger.debug("%s not carried: %s", msg.subject, exc)

@@ -288,6 +288,24 @@ def event_for(dispatch: Envelope, kind: Kind, payload: dict[str, Any], ts: float
     )
 
 
+def output_for(dispatch: Envelope, payload: dict[str, Any], ts: float) -> Envelope:
+    """A piece of live output of the attempt that ``dispatch`` carried.
+
+    Unlike an event it carries no attempt token (operators read it) and no event ID (nobody acks it).
+    """
+    return Envelope(
+        kind=Kind.OUTPUT,
+        sid=dispatch.sid,
+        payload={**payload, "attempt_id": dispatch.payload["attempt_id"]},
+        epoch=dispatch.epoch,
+        run_id=dispatch.run_id,
+        job_run_id=dispatch.job_run_id,
+        attempt=dispatch.attempt,
+        tenant=dispatch.tenant,
+        ts=ts,
+    )
+
+
 def ack_for(eids: list[str], sid: str, ts: float) -> Envelope:
     """The reply that acks a batch of events by their IDs once they are committed."""
     return Envelope(kind=Kind.ACK, sid=sid, payload={"eids": eids}, ts=ts)

@@ -12,6 +12,9 @@ ALL_AGENT_HEARTBEATS = f"{ROOT}.agent.*.hb"
 MANAGER_QUEUE = "manager"
 #: Queue group shared by relays of one name.
 RELAY_QUEUE = "relay"
+#: NATS header a relay puts on what it carries from one NATS system to the other, so that it never carries
+#: a message back (a relay whose two sides are one NATS system would otherwise loop it forever).
+CARRIED_HEADER = "Ekiden-Carried"
 #: The durable pull consumer that every worker of a destination shares.
 DEST_CONSUMER = "workers"
 #: API subject token of a caller who sees every tenant (the admin); never a valid tenant name.
@@ -121,6 +124,11 @@ def dest_run(name: str) -> str:
 def dest_stream(name: str) -> str:
     """JetStream stream name of a destination."""
     return f"EKIDEN_DEST_{check_name(name, 'destination')}"
+
+
+def relay_queue(relay: str) -> str:
+    """The queue group of the relays named ``relay``: one of them takes each message all relays hear."""
+    return f"{RELAY_QUEUE}.{check_name(relay, 'relay')}"
 
 
 def control_all() -> str:

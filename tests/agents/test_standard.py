@@ -179,3 +179,35 @@ async def test_sigterm_kills_what_outlives_the_grace_reports_it_and_exits_0(
         Finished.from_wire((await manager.finished(short.attempt_id, timeout_s=1)).payload).status
         == JobStatus.SUCCEEDED
     )
+
+
+async def test_a_replay_request_publishes_the_output_so_far_then_live_pieces_continue_its_offsets(
+    nc: Client, spawn: Spawn, manager: EventSink, sid: str, uid: str, tmp_path: Path
+) -> None:
+    name = f"a{uid}"
+    await _start_agent(nc, spawn, name)
+    go = tmp_path / "go"
+    script = f"printf 'early\\n'; printf 'oops\\n' >&2; while [ ! -e {go} ]; do sleep 0.05; done; printf 'late\\n'"
+    talk = spec(sid, "talk", argv=("sh", "-c", script))
+    out = await subscribe(nc, subjects.output(sid, "t1", talk.attempt_id))
+    await _dispatch(nc, name, dispatch(sid, talk))
+    await manager.wait_for(lambda: bool(manager.of(talk.attempt_id, Kind.STARTED)), "talk to start")
+    ask = Envelope(kind=Kind.CONTROL, sid=sid, payload={"action": "replay"})
+    (ack,) = decode((await nc.request(subjects.control(talk.attempt_id), encode_one(ask), timeout=DEADLINE_S)).data)
+    assert ack.kind == Kind.ACK and ack.payload["action"] == "replay"
+    async with asyncio.timeout(DEADLINE_S):
+        async for msg in out.messages:
+            envs = decode(msg.data)
+            if any(env.payload.get("replay") for env in envs):
+                break
+    pieces = {(e.payload["stream"], e.payload["offset"], e.payload["data"]) for e in envs}
+    assert pieces == {("stdout", 0, b"early\n"), ("stderr", 0, b"oops\n")}
+    assert all(e.kind == Kind.OUTPUT and "token" not in e.payload for e in envs)  # operators read these
+    go.touch()
+    async with asyncio.timeout(DEADLINE_S):
+        async for msg in out.messages:
+            late = [e for e in decode(msg.data) if e.payload["data"] == b"late\n"]
+            if late:
+                break
+    assert late[0].payload["offset"] == len(b"early\n") and "replay" not in late[0].payload
+    assert Finished.from_wire((await manager.finished(talk.attempt_id)).payload).stdout == b"early\nlate\n"

@@ -212,6 +212,47 @@ async def test_100_flexible_jobs_cross_two_nats_systems_through_the_relay_alone(
     assert listed[dest]["reported"] and listed[dest]["pending"] == 0  # the relay answers for the cloud
 
 
+async def test_a_late_follower_and_a_kill_reach_a_worker_in_the_other_nats_system(
+    clouds: Clouds, client: ApiClient, workers: Workers, uid: str, tmp_path: Path
+) -> None:
+    dest, net, pidfile = f"c{uid}", f"n{uid}", tmp_path / "child.pid"
+    workers.start(dest, "--concurrency", "2")
+    job = {"id": "long", "cmd": f"echo early; sleep 300 & echo $! > {pidfile}; wait", "shell": True, "dest": dest}
+    run = await start_run(client, {"destination": {dest: {"relay": "main"}}, "jobnet": {net: {"job": [job]}}}, net)
+
+    async def child_started() -> bool:
+        return pidfile.exists() and bool(pidfile.read_text().strip())
+
+    async def child_gone() -> bool:
+        return not _alive(child)
+
+    await eventually(child_started, "the job's child to start", RUN_DEADLINE_S)
+    child = int(pidfile.read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EKIDEN_")}
+    argv = [sys.executable, "-m", "ekiden", "logs", run, "long", "--follow", "--nats", clouds.onprem.url]
+    follower = await asyncio.create_subprocess_exec(
+        *argv, "--server-id", SID, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert follower.stdout is not None
+    async with asyncio.timeout(RUN_DEADLINE_S):
+        # Written before the follower attached: the replay came down and back up through the relay.
+        assert await follower.stdout.readline() == b"early\n"
+        await client.call("kill", run=run, job="long")
+        _, err = await follower.communicate()
+    assert follower.returncode == 0, err
+    assert b"(long killed)" in err
+    assert await wait_for_end(clouds.site, run, RUN_DEADLINE_S) == "failed"
+    await eventually(child_gone, "the killed job's child to end", RUN_DEADLINE_S)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
 async def test_a_relay_killed_mid_run_loses_nothing_and_runs_nothing_twice(
     clouds: Clouds, client: ApiClient, workers: Workers, uid: str, tmp_path: Path
 ) -> None:

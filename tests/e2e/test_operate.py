@@ -146,17 +146,24 @@ async def test_rerun_from_a_failed_job_and_the_exit_code_table(stack: tuple[Stac
     assert ("run", "ok") in actions
 
 
-async def test_logs_follow_streams_a_running_jobs_output_as_it_comes(
+async def test_logs_follow_prints_the_output_so_far_then_as_it_comes(
     stack: tuple[Stack, ApiClient], tmp_path: Path
 ) -> None:
     st, client = stack
-    mark = tmp_path / "seen"
-    # The job ticks until the test has seen a tick on 'logs --follow': it can only end if its output
-    # reached the follower while it was still running (a follower sees output from when it attaches).
-    script = f"while [ ! -e {mark} ]; do echo tick; sleep 0.1; done; echo last >&2"
+    wrote, mark = tmp_path / "wrote", tmp_path / "seen"
+    # The job writes before anyone follows, then waits until the test saw that on 'logs --follow': it
+    # can only end if the follower was sent the output so far, and 'late' must then come live.
+    script = (
+        f"echo early; echo warn >&2; touch {wrote}; while [ ! -e {mark} ]; do sleep 0.1; done; echo late; echo last >&2"
+    )
     defs = {"jobnet": {"talk": {"job": [{"id": "t", "cmd": script, "shell": True, "dest": "cloud"}]}}}
     await client.call("apply", definitions=defs)
     run = (await client.call("run", jobnet="talk"))["run"]
+    assert (await _job_state(client, run, "t", "running"))["state"] == "running"
+    for _ in range(200):
+        if wrote.exists():
+            break
+        await asyncio.sleep(0.05)
     argv = [sys.executable, "-m", "ekiden", "logs", run, "t", "--follow", "--nats", st.endpoint.nats_url]
     argv += ["--site", str(st.site)]
     proc = await asyncio.create_subprocess_exec(
@@ -166,9 +173,10 @@ async def test_logs_follow_streams_a_running_jobs_output_as_it_comes(
     async with asyncio.timeout(60):
         first = await proc.stdout.readline()
         mark.touch()
-        _, err = await proc.communicate()
-    assert first == b"tick\n"
+        rest, err = await proc.communicate()
+    assert first == b"early\n"
+    assert rest == b"late\n"
     assert proc.returncode == 0, err
-    assert b"last" in err
-    assert b"(t succeeded)" in err
+    assert err.index(b"warn") < err.index(b"last") < err.index(b"(t succeeded)")
+    assert b"not shown" not in err
     assert (await wait_for_run(client, run))["state"] == "succeeded"

@@ -1,5 +1,6 @@
 """The relay as a real process on a real nats-server: the test plays the manager and the workers."""
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -329,3 +330,32 @@ def test_a_bad_command_line_exits_non_zero(argv: list[str]) -> None:
     done = subprocess.run([sys.executable, "-m", "relay", *argv], capture_output=True, timeout=DEADLINE_S)
     assert done.returncode != 0
     assert b"relay:" in done.stderr
+
+
+async def test_a_relay_carries_control_down_and_output_up_once_even_if_both_sides_are_one_nats(
+    nc: Client, nats_url: str, uid: str, relays: StartRelay
+) -> None:
+    name = f"r{uid}"
+    relay = relays(name, nats_url, downstream_url=nats_url)  # a misconfiguration, but not a loop
+    await wait_ready(nc, subjects.relay_events(name))  # the downstream side is subscribed too
+    got: dict[str, list[Msg]] = {}
+
+    async def take(msg: Msg) -> None:
+        got.setdefault(msg.subject, []).append(msg)
+
+    control, output = subjects.control(f"x{uid}"), subjects.output("s1", "t1", f"x{uid}")
+    for subject in (control, output):
+        await nc.subscribe(subject, cb=take)
+        await nc.publish(subject, b"piece")
+
+    async def both_carried() -> bool:
+        return all(len(got.get(s, [])) >= 2 for s in (control, output))
+
+    await eventually(both_carried, "the relay to carry both messages")
+    await asyncio.sleep(0.5)  # a loop would have carried them again and again by now
+    for subject in (control, output):
+        original, carried = got[subject]
+        assert original.data == carried.data == b"piece"
+        assert carried.headers is not None and subjects.CARRIED_HEADER in carried.headers
+        assert len(got[subject]) == 2
+    await sigterm_exits_zero(relay)
