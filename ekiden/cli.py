@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import io
+import logging
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ from ekiden.up import Stack, StackPlan
 from schemas.definitions import DefinitionError, Definitions
 from schemas.errors import WireError
 
-#: Exit codes of ``ekiden run --wait`` (and of every command: 0 and 2), documented in docs/operations.md.
+#: Exit codes of ``ekiden run --wait`` (and of every command: 0 and 2), documented in docs/run-control.md.
 EXIT_OK = 0  #: the command did what was asked; with --wait, the run succeeded
 EXIT_RUN_FAILED = 1  #: the run ended failed
 EXIT_ERROR = 2  #: the command itself failed: bad arguments, refused, unknown names, no manager answering
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         # The service parses its own options (argparse's REMAINDER would stop at the first one).
         os.execv(sys.executable, [sys.executable, "-m", SERVICES[argv[0]], *argv[1:]])
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="ekiden: %(message)s")
+    # A command retries its connection for a few seconds, then fails with one message saying why.
+    logging.getLogger("runtime.bus").setLevel(logging.ERROR)
     try:
         code = _run_async(COMMANDS[args.command](args))
     except DefinitionError as exc:

@@ -16,7 +16,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from ekiden.natsauth import ADMIN, security_dir
-from runtime.bus import BusSettings, connect
+from runtime.bus import BusError, BusSettings, connect
 from runtime.credentials import read_credentials
 from schemas import subjects
 from schemas.codec import decode, encode_one
@@ -127,6 +127,8 @@ class ApiClient:
             nc = await connect(
                 BusSettings(endpoint.nats_url, endpoint.creds_file, name="ekiden-cli", connect_deadline_s=5)
             )
+        except BusError as exc:  # it names the URL and why
+            raise CliError(str(exc)) from exc
         except Exception as exc:
             raise CliError(f"cannot reach NATS at {endpoint.nats_url}: {exc}") from exc
         return cls(nc, endpoint.server_id, timeout_s, tenant)
