@@ -16,8 +16,9 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from ekiden.natsauth import ADMIN, security_dir
-from runtime.bus import BusError, BusSettings, connect
+from runtime.bus import BusSettings, connect
 from runtime.credentials import read_credentials
+from runtime.errors import BusError
 from schemas import subjects
 from schemas.codec import decode, encode_one
 from schemas.errors import ErrorCode, WireError

@@ -16,11 +16,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from engine import tenancy
-from engine.core import RUN_COMMANDS, Command, Core
+from engine.commands import RUN_COMMANDS
+from engine.core import Command, Core
+from engine.queries import SiteQueries
 from engine.ratelimit import RateLimiter
 from engine.settings import ManagerSettings
 from engine.sitefile import read_status
-from engine.store import Lease, SiteQueries
+from engine.store import Lease
 from runtime.bus import reply
 from schemas import subjects
 from schemas.codec import decode, encode_one, error_reply

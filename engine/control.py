@@ -7,9 +7,9 @@ what the job's or run's state does not allow.
 
 from typing import TYPE_CHECKING, Any
 
+from engine.changes import Changes
 from engine.runs import JobRun, Run
 from engine.states import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState, RunState
-from engine.store import Changes
 from schemas import subjects
 from schemas.errors import ErrorCode, WireError
 from schemas.messages import Envelope, JobStatus, Kind
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 SETTABLE_STATES = {"succeeded": JobState.SUCCEEDED, "failed": JobState.FAILED, "skipped": JobState.SKIPPED}
 #: Rerun modes.
 RERUN_MODES = ("failed", "from", "only")
+#: The reason a running job shows once an operator asked to kill it (until its executor reports the end).
+KILL_REQUESTED = "kill requested"
 
 
 def _refuse(reason: str) -> WireError:
@@ -111,6 +113,12 @@ def kill(core: "Core", run: Run, job_id: Any, ch: Changes, out: "Outbound", now:
     return {"run": run.run_id, "killed": killed, "state": str(run.state)}
 
 
+def kill_request(core: "Core", run_id: str, aid: str, now: float) -> tuple[str, Envelope]:
+    """The kill request for one attempt, as ``(its control subject, envelope)`` to publish after commit."""
+    env = Envelope(Kind.CONTROL, core.server_id, {"action": "kill"}, core.epoch, run_id=run_id, ts=now)
+    return subjects.control(aid), env
+
+
 def _kill_job(core: "Core", run: Run, job: JobRun, ch: Changes, out: "Outbound", now: float) -> None:
     """Send a kill to every live attempt; one that never started ends killed at once."""
     if core.flow.kill_unit(run, job, ch, out, now):
@@ -119,12 +127,11 @@ def _kill_job(core: "Core", run: Run, job: JobRun, ch: Changes, out: "Outbound",
     for attempt in job.live_attempts():
         if attempt.status:
             continue
-        env = Envelope(Kind.CONTROL, core.server_id, {"action": "kill"}, core.epoch, run_id=run.run_id, ts=now)
-        out.controls.append((subjects.control(attempt.attempt_id), env))
+        out.controls.append(kill_request(core, run.run_id, attempt.attempt_id, now))
         core.killed.add(attempt.attempt_id)
         started = started or attempt.started_at is not None
     if started:
-        job.reason = "kill requested"
+        job.reason = KILL_REQUESTED
         ch.job(run, job)
         return
     for attempt in job.live_attempts():

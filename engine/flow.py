@@ -21,11 +21,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from engine import control, paths
+from engine.changes import Changes
 from engine.flowstore import FlowRows
 from engine.jobenv import job_env
 from engine.runs import Attempt, JobRun, Run
 from engine.states import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState, RunState
-from engine.store import Changes
 from schemas.definitions import Jobnet
 from schemas.errors import ErrorCode, WireError
 from schemas.messages import Finished, JobStatus

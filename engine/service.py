@@ -21,6 +21,7 @@ from engine.core import Core, EventsIn, Item, Registered, Tick
 from engine.dispatcher import Dispatcher
 from engine.errors import LeaseLostError
 from engine.flowapi import flow_verbs
+from engine.queries import SiteQueries
 from engine.runs import JobRun, Run
 from engine.schedule_api import schedule_verbs
 from engine.schedule_store import ScheduleQueries
@@ -28,7 +29,7 @@ from engine.scheduler import Scheduler
 from engine.schedules import Clock
 from engine.settings import ManagerSettings
 from engine.sitefile import SEEN_INTERVAL_S
-from engine.store import Lease, SiteQueries, Store
+from engine.store import Lease, Store
 from runtime.bus import connection, subscribe
 from runtime.service import wait_or_stop
 from schemas import subjects

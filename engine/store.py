@@ -3,25 +3,26 @@
 SQLite in WAL mode with ``synchronous=FULL``. One connection writes (group commit: one transaction
 for every change that is ready in a loop tick, each fenced by the lease), another reads for the API, so
 a query never sees a transaction half done.
+
+Here: opening and migrating the file, the lease and the fence, the group commit (the statements of what a
+turn changed come from ``engine.changes``) and what recovery loads. The API's queries are
+``engine.queries``.
 """
 
 import asyncio
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import orjson
 
-from engine import flowstore
+from engine.changes import Changes
 from engine.errors import LeaseLostError, StoreError
-from engine.flowstore import PURGE_STATEMENTS, FlowWrites
 from engine.migrations import MIGRATIONS, SCHEMA_VERSION
-from engine.runs import Attempt, JobRun, Run
-from engine.schedule_store import ScheduleWrites
 from engine.sitefile import LEASE_NAME, MANAGER_ROW_KEPT_S
 
 logger = logging.getLogger(__name__)
@@ -46,13 +47,15 @@ FENCED_TABLES = (
     "job_flow",
     "run_events",
 )
-#: Bytes of the end of each stream a status document shows per job.
-OUTPUT_TAIL_BYTES = 512
 #: The attempt columns recovery reads, in the order ``engine.core`` builds attempts from.
 _ATTEMPT_COLUMNS = (
     "a.attempt_id, a.n, a.target, a.dispatched_at, a.accepted_at, a.started_at, a.host, a.pid, a.status, a.queued_at"
 )
 _FENCE_MESSAGE = "ekiden fence: this manager no longer holds the lease"
+_UPSERT_MANAGER = (
+    "INSERT INTO managers(holder, host, pid, role, started_at, seen_at) VALUES (?,?,?,?,?,?)"
+    " ON CONFLICT(holder) DO UPDATE SET role=excluded.role, seen_at=excluded.seen_at"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,115 +68,6 @@ class Lease:
     epoch: int
     expires_at: float
     acquired_at: float
-
-
-@dataclass(slots=True)
-class Changes:
-    """Everything one loop tick changed, written in one transaction."""
-
-    runs: dict[str, Run] = field(default_factory=dict)
-    jobs: dict[tuple[str, str], tuple[Run, JobRun]] = field(default_factory=dict)
-    attempts: dict[str, tuple[Run, JobRun, Attempt]] = field(default_factory=dict)
-    jobnet_versions: list[tuple[str, int, str, str, str, float]] = field(default_factory=list)
-    destinations: list[tuple[str, str, float]] = field(default_factory=list)
-    #: (kind 'agent' or 'group', name, body, applied at)
-    agent_definitions: list[tuple[str, str, str, float]] = field(default_factory=list)
-    agents: list[tuple[str, str, str, float, float, str]] = field(default_factory=list)
-    #: (name, now, state, used at) of agents an operator or a dispatch changed
-    agent_states: dict[str, tuple[str, float, str, float]] = field(default_factory=dict)
-    #: agents unregistered by an operator
-    agent_deletes: list[str] = field(default_factory=list)
-    #: lock holders taken (lock, holder, weight, mode, since) and given back (lock, holder)
-    lock_takes: list[tuple[str, str, int, str, float]] = field(default_factory=list)
-    lock_gives: list[tuple[str, str]] = field(default_factory=list)
-    #: operator actions: (ts, who, origin, action, target, detail, outcome)
-    audit: list[tuple[float, str, str, str, str, str, str]] = field(default_factory=list)
-    #: forget finished runs and audit entries older than this wall-clock time
-    purge_before: float | None = None
-    #: site settings that changed (key -> value), such as maintenance mode
-    settings: dict[str, str] = field(default_factory=dict)
-    #: calendars, schedules, fires and one-off changes (engine.schedule_store)
-    schedules: ScheduleWrites = field(default_factory=ScheduleWrites)
-    #: runs' and jobs' flow state and the run event log (engine.flowstore)
-    flow: FlowWrites = field(default_factory=FlowWrites)
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.schedules
-            or self.flow
-            or self.runs
-            or self.jobs
-            or self.attempts
-            or self.jobnet_versions
-            or self.destinations
-            or self.agent_definitions
-            or self.agents
-            or self.agent_states
-            or self.agent_deletes
-            or self.settings
-            or self.audit
-            or self.purge_before is not None
-            or self.lock_takes
-            or self.lock_gives
-        )
-
-    def run(self, run: Run) -> None:
-        """Mark a run's row to be written."""
-        self.runs[run.run_id] = run
-
-    def job(self, run: Run, job: JobRun) -> None:
-        """Mark a job's row (and the rows of its current round's attempts) to be written."""
-        self.jobs[(run.run_id, job.id)] = (run, job)
-        for attempt in job.live_attempts():
-            self.attempts[attempt.attempt_id] = (run, job, attempt)
-
-
-_INSERT_JOBNET_VERSION = (
-    "INSERT INTO jobnet_versions(name, version, body, digest, tenant, applied_at) VALUES (?,?,?,?,?,?)"
-)
-_UPSERT_AGENT_STATE = (
-    "INSERT INTO agents(name, kind, inventory, registered_at, last_seen, state, used_at)"
-    " VALUES (?, 'agent', '{}', ?, 0, ?, ?)"
-    " ON CONFLICT(name) DO UPDATE SET state=excluded.state, used_at=excluded.used_at"
-)
-_UPSERT_REGISTRATION = (
-    "INSERT INTO agents(name, kind, inventory, registered_at, last_seen, state) VALUES (?,?,?,?,?,?)"
-    " ON CONFLICT(name) DO UPDATE SET kind=excluded.kind, inventory=excluded.inventory, last_seen=excluded.last_seen"
-)
-_UPSERT_MANAGER = (
-    "INSERT INTO managers(holder, host, pid, role, started_at, seen_at) VALUES (?,?,?,?,?,?)"
-    " ON CONFLICT(holder) DO UPDATE SET role=excluded.role, seen_at=excluded.seen_at"
-)
-_INSERT_AUDIT = "INSERT INTO audit(ts, who, origin, action, target, detail, outcome) VALUES (?,?,?,?,?,?,?)"
-#: Forgetting history older than a cutoff: the attempts and jobs of finished runs, the runs, the audit log.
-_OLD_RUNS = "SELECT run_id FROM runs WHERE state != 'running' AND ended_at < ?"
-_PURGE = (
-    *(sql.format(runs=_OLD_RUNS) for sql in PURGE_STATEMENTS),
-    f"DELETE FROM attempts WHERE run_id IN ({_OLD_RUNS})",
-    f"DELETE FROM jobs WHERE run_id IN ({_OLD_RUNS})",
-    "DELETE FROM runs WHERE state != 'running' AND ended_at < ?",
-    "DELETE FROM audit WHERE ts < ?",
-)
-_UPSERT_RUN = """
-INSERT INTO runs(run_id, jobnet, version, state, tenant, params, created_at, ended_at, held, dedupe_key)
-VALUES (?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT(run_id) DO UPDATE SET state=excluded.state, ended_at=excluded.ended_at, held=excluded.held"""
-_UPSERT_JOB = """
-INSERT INTO jobs(run_id, job_id, state, attempts, attempt_id, exit_code, started_at, ended_at, reason, bypassed)
-VALUES (?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT(run_id, job_id) DO UPDATE SET state=excluded.state, attempts=excluded.attempts,
-attempt_id=excluded.attempt_id, exit_code=excluded.exit_code, started_at=excluded.started_at,
-ended_at=excluded.ended_at, reason=excluded.reason, bypassed=excluded.bypassed"""
-_UPSERT_ATTEMPT = """
-INSERT INTO attempts(attempt_id, run_id, job_id, n, target, dispatched_at, accepted_at, started_at, finished_at,
-reported_at, status, exit_code, host, pid, reason, stdout, stderr, truncated_bytes, queued_at, delay_s)
-VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT(attempt_id) DO UPDATE SET accepted_at=excluded.accepted_at, started_at=excluded.started_at,
-finished_at=excluded.finished_at, reported_at=excluded.reported_at, status=excluded.status,
-exit_code=excluded.exit_code, host=excluded.host, pid=excluded.pid, reason=excluded.reason,
-stdout=COALESCE(excluded.stdout, stdout), stderr=COALESCE(excluded.stderr, stderr),
-truncated_bytes=COALESCE(excluded.truncated_bytes, truncated_bytes), queued_at=excluded.queued_at,
-delay_s=excluded.delay_s"""
 
 
 class Store:
@@ -362,7 +256,7 @@ class Store:
         try:
             if renew_until is not None:
                 await self._fence(holder, epoch, renew_until)
-            for sql, rows in _statements(changes):
+            for sql, rows in changes.statements():
                 if rows:
                     await w.executemany(sql, rows)
             await w.commit()
@@ -497,93 +391,6 @@ class Store:
             return [tuple(row) async for row in cur]
 
 
-def _text(data: bytes | None) -> str:
-    """Captured output as text for a JSON document (a cut multibyte character becomes U+FFFD)."""
-    return data.decode("utf-8", errors="replace") if data else ""
-
-
-def _statements(ch: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """The statements of one commit, in an order that respects references (a run before its jobs)."""
-    return [
-        (_INSERT_JOBNET_VERSION, ch.jobnet_versions),
-        ("INSERT OR REPLACE INTO destinations(name, body, applied_at) VALUES (?,?,?)", ch.destinations),
-        (
-            "INSERT OR REPLACE INTO agent_definitions(kind, name, body, applied_at) VALUES (?,?,?,?)",
-            ch.agent_definitions,
-        ),
-        (_UPSERT_RUN, [_run_row(r) for r in ch.runs.values()]),
-        (_UPSERT_JOB, [_job_row(r, j) for r, j in ch.jobs.values()]),
-        (_UPSERT_ATTEMPT, [_attempt_row(r, j, a) for r, j, a in ch.attempts.values()]),
-        *ch.flow.statements(),
-        ("DELETE FROM agents WHERE name=?", [(n,) for n in ch.agent_deletes]),
-        (_UPSERT_AGENT_STATE, list(ch.agent_states.values())),
-        (_UPSERT_REGISTRATION, ch.agents),
-        ("INSERT OR REPLACE INTO site_settings(key, value) VALUES (?,?)", list(ch.settings.items())),
-        *ch.schedules.statements(),
-        ("DELETE FROM lock_holders WHERE lock=? AND holder=?", ch.lock_gives),
-        (
-            "INSERT OR REPLACE INTO lock_holders(lock, holder, weight, mode, acquired_at) VALUES (?,?,?,?,?)",
-            ch.lock_takes,
-        ),
-        (_INSERT_AUDIT, ch.audit),
-        *((sql, [(ch.purge_before,)]) for sql in _PURGE if ch.purge_before is not None),
-    ]
-
-
-def _run_row(r: Run) -> tuple[Any, ...]:
-    return (
-        int(r.run_id),
-        r.jobnet.name,
-        r.version,
-        str(r.state),
-        r.tenant,
-        orjson.dumps(r.params).decode(),
-        r.created_at,
-        r.ended_at,
-        int(r.held),
-        r.dedupe_key,
-    )
-
-
-def _job_row(r: Run, j: JobRun) -> tuple[Any, ...]:
-    aid = j.current.attempt_id if j.current else None
-    return (
-        int(r.run_id),
-        j.id,
-        str(j.state),
-        j.attempts,
-        aid,
-        j.exit_code,
-        j.started_at,
-        j.ended_at,
-        j.reason,
-        int(j.bypassed),
-    )
-
-
-def _attempt_row(r: Run, j: JobRun, a: Attempt) -> tuple[Any, ...]:
-    return (
-        a.attempt_id,
-        int(r.run_id),
-        j.id,
-        a.n,
-        a.target,
-        a.dispatched_at,
-        a.accepted_at,
-        a.started_at,
-        a.finished_at,
-        a.reported_at,
-        a.status,
-        a.exit_code,
-        a.host,
-        a.pid,
-        a.reason,
-        *(a.output or (None, None, None)),
-        a.queued_at,
-        a.delay_s,
-    )
-
-
 async def _configure(db: aiosqlite.Connection) -> None:
     await db.execute("PRAGMA busy_timeout=10000")
     for attempt in range(_WAL_SWITCH_TRIES):
@@ -639,184 +446,3 @@ async def _migrate(db: aiosqlite.Connection) -> None:
             await db.execute("ROLLBACK")
             raise
         logger.info("site database migrated to schema %d", version + 1)
-
-
-class SiteQueries:
-    """Read-only questions the control API asks of the site database (reader connection)."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    async def run_doc(self, run_id: str) -> dict[str, Any] | None:
-        """The status document of one run, jobs in definition order."""
-        if not run_id.isdigit():
-            return None
-        rows = await self._store.query(
-            "SELECT r.run_id, r.jobnet, r.version, r.state, r.tenant, r.params, r.created_at, r.ended_at, v.body,"
-            " r.held, r.dedupe_key"
-            " FROM runs r JOIN jobnet_versions v ON v.name = r.jobnet AND v.version = r.version WHERE r.run_id=?",
-            (int(run_id),),
-        )
-        if not rows:
-            return None
-        r = rows[0]
-        body_jobs = orjson.loads(r["body"])["job"]
-        order = {j["id"]: i for i, j in enumerate(body_jobs)}
-        broadcast = {j["id"]: j.get("group") for j in body_jobs if j.get("broadcast")}
-        jobs = await self._store.query(
-            "SELECT j.job_id, j.state, j.attempts, j.exit_code, j.started_at, j.ended_at, j.reason, a.target, a.host,"
-            f" a.attempt_id, substr(a.stdout, -{OUTPUT_TAIL_BYTES}) AS out_tail,"
-            f" substr(a.stderr, -{OUTPUT_TAIL_BYTES}) AS err_tail"
-            " FROM jobs j LEFT JOIN attempts a ON a.attempt_id = j.attempt_id WHERE j.run_id=?",
-            (int(run_id),),
-        )
-        job_docs = [
-            {
-                "id": j["job_id"],
-                "state": j["state"],
-                "exit_code": j["exit_code"],
-                "attempts": j["attempts"],
-                "attempt_id": j["attempt_id"],
-                "target": j["target"],
-                "host": j["host"] or None,
-                "started_at": j["started_at"],
-                "ended_at": j["ended_at"],
-                "reason": j["reason"],
-                "output_tail": {"stdout": _text(j["out_tail"]), "stderr": _text(j["err_tail"])},
-            }
-            for j in jobs
-        ]
-        job_docs.sort(key=lambda d: order.get(d["id"], len(order)))
-        for doc in job_docs:
-            if doc["id"] in broadcast:
-                doc["target"] = f"group:{broadcast[doc['id']]}"
-                doc["members"] = await self._members(run_id, doc["id"], doc["attempts"])
-        status = {
-            "run": str(r["run_id"]),
-            "jobnet": r["jobnet"],
-            "version": r["version"],
-            "state": r["state"],
-            "tenant": r["tenant"],
-            "params": orjson.loads(r["params"]),
-            "created_at": r["created_at"],
-            "ended_at": r["ended_at"],
-            "held": bool(r["held"]),
-            "dedupe_key": r["dedupe_key"],
-            "jobs": job_docs,
-        }
-        await flowstore.add_to_status(self._store, int(run_id), status, body_jobs)
-        return status
-
-    async def _members(self, run_id: str, job_id: str, n: int) -> list[dict[str, Any]]:
-        """A broadcast job's members in its latest round: one result per agent."""
-        rows = await self._store.query(
-            "SELECT target, status, exit_code, host, started_at, finished_at, reason FROM attempts"
-            " WHERE run_id=? AND job_id=? AND n=? ORDER BY target",
-            (int(run_id), job_id, n),
-        )
-        return [
-            {
-                "agent": m["target"].partition(":")[2],
-                "state": m["status"] or ("running" if m["started_at"] else "dispatched"),
-                "exit_code": m["exit_code"],
-                "host": m["host"] or None,
-                "reason": m["reason"],
-            }
-            for m in rows
-        ]
-
-    async def audit(self, limit: int) -> list[dict[str, Any]]:
-        """The newest operator actions, newest first."""
-        rows = await self._store.query(
-            "SELECT ts, who, origin, action, target, detail, outcome FROM audit ORDER BY id DESC LIMIT ?", (limit,)
-        )
-        return [dict(r) | {"detail": orjson.loads(r["detail"])} for r in rows]
-
-    async def runs(self, jobnet: str | None, limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
-        """The newest runs, optionally of one jobnet and of one tenant only, with job counts."""
-        clauses = [c for c, v in (("r.jobnet=?", jobnet), ("r.tenant=?", tenant)) if v]
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        params = (*(v for v in (jobnet, tenant) if v), limit)
-        rows = await self._store.query(
-            "SELECT r.run_id, r.jobnet, r.version, r.state, r.tenant, r.created_at, r.ended_at,"
-            " (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.run_id) AS total,"
-            " (SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.run_id AND j.state='succeeded') AS succeeded"
-            f" FROM runs r {where} ORDER BY r.run_id DESC LIMIT ?",
-            params,
-        )
-        return [
-            {
-                "run": str(r["run_id"]),
-                "jobnet": r["jobnet"],
-                "version": r["version"],
-                "state": r["state"],
-                "tenant": r["tenant"],
-                "created_at": r["created_at"],
-                "ended_at": r["ended_at"],
-                "jobs": r["total"],
-                "succeeded": r["succeeded"],
-            }
-            for r in rows
-        ]
-
-    async def jobnets(self) -> list[dict[str, Any]]:
-        """Every applied jobnet at its latest version."""
-        rows = await self._store.query(
-            "SELECT name, version, tenant, applied_at, body FROM jobnet_versions v"
-            " WHERE version = (SELECT MAX(version) FROM jobnet_versions WHERE name = v.name) ORDER BY name"
-        )
-        out = []
-        for r in rows:
-            body = orjson.loads(r["body"])
-            out.append(
-                {
-                    "name": r["name"],
-                    "version": r["version"],
-                    "tenant": r["tenant"],
-                    "applied_at": r["applied_at"],
-                    "jobs": len(body["job"]),
-                    "description": body.get("description", ""),
-                }
-            )
-        return out
-
-    async def agents(self) -> list[dict[str, Any]]:
-        """Every agent that registered, with its last inventory."""
-        rows = await self._store.query(
-            "SELECT name, kind, inventory, registered_at, last_seen, state FROM agents ORDER BY name"
-        )
-        return [
-            {
-                "name": r["name"],
-                "kind": r["kind"],
-                "state": r["state"],
-                "registered_at": r["registered_at"],
-                "last_seen": r["last_seen"],
-                "inventory": orjson.loads(r["inventory"]),
-            }
-            for r in rows
-        ]
-
-    async def output(self, run_id: str, job_id: str, n: int | None) -> dict[str, Any] | None:
-        """Output of one attempt of a job (the latest if ``n`` is None)."""
-        if not run_id.isdigit():
-            return None
-        rows = await self._store.query(
-            "SELECT a.attempt_id, a.n, a.status, a.exit_code, a.host, a.stdout, a.stderr, a.truncated_bytes"
-            " FROM attempts a WHERE a.run_id=? AND a.job_id=? AND (? IS NULL OR a.n=?) ORDER BY a.n DESC LIMIT 1",
-            (int(run_id), job_id, n, n),
-        )
-        if not rows:
-            return None
-        r = rows[0]
-        return {
-            "attempt_id": r["attempt_id"],
-            "attempt": r["n"],
-            "status": r["status"],
-            "exit_code": r["exit_code"],
-            "host": r["host"],
-            "stdout": r["stdout"] or b"",
-            "stderr": r["stderr"] or b"",
-            "truncated_bytes": r["truncated_bytes"] or 0,
-            "finished": r["stdout"] is not None,
-        }

@@ -220,5 +220,5 @@ async def _carry(sub: Subscription, to: Client) -> None:
             continue  # carried here by a relay: going back would loop
         try:
             await to.publish(msg.subject, msg.data, headers=carried)
-        except NatsError as exc:  # best effort, as on one NATS system
+        except NatsError as exc:  # best effort: a lost kill is sent again on the attempt's next heartbeat
             logger.debug("%s not carried: %s", msg.subject, exc)

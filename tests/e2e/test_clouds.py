@@ -245,6 +245,38 @@ async def test_a_late_follower_and_a_kill_reach_a_worker_in_the_other_nats_syste
     await eventually(child_gone, "the killed job's child to end", RUN_DEADLINE_S)
 
 
+async def test_a_kill_sent_while_the_relay_was_down_reaches_the_job_once_it_is_back(
+    clouds: Clouds, client: ApiClient, workers: Workers, uid: str, tmp_path: Path
+) -> None:
+    dest, net, pidfile = f"c{uid}", f"n{uid}", tmp_path / "child.pid"
+    workers.start(dest, "--concurrency", "2")
+    job = {"id": "long", "cmd": f"sleep 300 & echo $! > {pidfile}; wait", "shell": True, "dest": dest}
+    run = await start_run(client, {"destination": {dest: {"relay": "main"}}, "jobnet": {net: {"job": [job]}}}, net)
+
+    async def child_started() -> bool:
+        return pidfile.exists() and bool(pidfile.read_text().strip())
+
+    await eventually(child_started, "the job's child to start", RUN_DEADLINE_S)
+    child = int(pidfile.read_text())
+    await clouds.relay.kill()  # the only relay between the two NATS systems
+    try:
+        # Nothing carries this request to the workers' NATS: it is lost.
+        await client.call("kill", run=run, job="long")
+        assert _alive(child)
+    finally:
+        clouds.relay.start()
+        await _until_up(clouds)
+
+    async def child_gone() -> bool:
+        return not _alive(child)
+
+    # The job's next heartbeat comes through the relay again, and the manager asks again.
+    await eventually(child_gone, "the killed job's child to end", RUN_DEADLINE_S)
+    assert await wait_for_end(clouds.site, run, RUN_DEADLINE_S) == "failed"
+    doc = await client.call("status", run=run)
+    assert [(j["id"], j["state"]) for j in doc["jobs"]] == [("long", "killed")]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from engine.changes import Changes
 from engine.errors import LeaseLostError, StoreError
 from engine.migrations import SCHEMA_VERSION
 from engine.runs import Run
-from engine.store import Changes, Store
+from engine.store import Store
 from schemas.definitions import parse_definitions
 
 JOBNET = parse_definitions({"jobnet": {"n": {"job": [{"id": "a", "cmd": ["true"], "agent": "x"}]}}}).jobnets["n"]
