@@ -8,6 +8,7 @@ what the job's or run's state does not allow.
 from typing import TYPE_CHECKING, Any
 
 from engine.changes import Changes
+from engine.paths import SKIPPED_BY_OPERATOR
 from engine.runs import JobRun, Run
 from engine.states import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState, RunState
 from schemas import subjects
@@ -76,14 +77,27 @@ def release(core: "Core", run: Run, job_id: Any, ch: Changes, out: "Outbound") -
 
 
 def skip(core: "Core", run: Run, job_id: Any, ch: Changes, out: "Outbound", now: float) -> dict[str, Any]:
-    """Skip a job that has not started: it ends skipped, and the jobs after it go on as if it succeeded."""
+    """Skip a job that has not started: when its turn comes it ends skipped, and what follows goes on.
+
+    A job whose turn came (ready, or held once ready) ends at once; one that still waits for the jobs
+    before it keeps waiting, so that nothing after it starts early, and passes when they succeeded (a
+    skip replaces a hold).
+    """
     job = _job(run, job_id)
     if job.state in ACTIVE_JOB_STATES:
         raise _refuse(f"job {job.id} is {job.state}: kill it first")
     if job.state in FINAL_JOB_STATES:
         raise _refuse(f"job {job.id} already ended {job.state}")
+    if job.bypassed:
+        raise _refuse(f"job {job.id} is already to be skipped when its turn comes")
     job.bypassed = True
-    core.end_job(run, job, JobState.SKIPPED, None, "skipped by an operator", ch, out, now)
+    if job.pending > 0:
+        if job.state == JobState.HELD:
+            run.set_state(job, JobState.WAITING)
+        job.reason = f"{SKIPPED_BY_OPERATOR}: passes when its turn comes"
+        core.changed(run, job, ch, out)
+    else:
+        core.end_job(run, job, JobState.SKIPPED, None, SKIPPED_BY_OPERATOR, ch, out, now)
     return {"run": run.run_id, "job": job.id, "state": str(job.state)}
 
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 #: End states that are an abnormal end (what a recovery unit handles).
 ABNORMAL_JOB_STATES = frozenset({JobState.FAILED, JobState.TIMED_OUT, JobState.KILLED, JobState.LOST})
+#: The reason of a job an operator skipped (it ends as if it succeeded).
+SKIPPED_BY_OPERATOR = "skipped by an operator"
 
 
 def satisfied(job: "JobRun") -> bool:
@@ -68,6 +70,7 @@ def settle(run: "Run", ended: "JobRun") -> "tuple[list[JobRun], list[JobRun]]":
             recovery, branch = dep.job.unit.recovery, dep.job.unit.kind == UnitKind.BRANCH
             if not ok and not recovery and (not branch or failure_skip):
                 run.set_state(dep, JobState.SKIPPED)
+                dep.bypassed = False  # skipped by an operator too, but the flow stopped before it
                 dep.reason = f"not run: {ended.id} did not succeed"
                 changed.append(dep)
                 stack.append(dep)
@@ -75,7 +78,13 @@ def settle(run: "Run", ended: "JobRun") -> "tuple[list[JobRun], list[JobRun]]":
             dep.pending -= 1
             if dep.pending > 0 or dep.state != JobState.WAITING:
                 continue
-            if _taken(run, dep):
+            if _taken(run, dep) and dep.bypassed:
+                # An operator skipped it before its turn: now that its turn came, it passes.
+                run.set_state(dep, JobState.SKIPPED)
+                dep.reason = SKIPPED_BY_OPERATOR
+                changed.append(dep)
+                stack.append(dep)
+            elif _taken(run, dep):
                 dep.state = JobState.READY
                 ready.append(dep)
             else:

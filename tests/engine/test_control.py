@@ -70,20 +70,55 @@ async def test_hold_and_release_a_job_and_refusals_that_name_the_state(
 async def test_skip_lets_the_jobs_after_it_run(site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str) -> None:
     name = f"a{uid}"
     async with running_manager(site_dir, sid, nats_url) as api, scripted_agent(nc, name) as agent:
-        await api.call("apply", definitions=chain_definitions(name, ["a", "b", "c"]))
+        await api.call("apply", definitions=chain_definitions(name, ["a", "b", "c", "d"]))
         run = (await api.call("run", jobnet="chain"))["run"]
         await agent.wait_for(1)
         with pytest.raises(WireError) as active:
             await api.call("skip", run=run, job="a")
         assert "kill it first" in active.value.message
+        await api.call("skip", run=run, job="c")
+        # c waits for its turn (after b, after a): nothing after it may start early.
+        waiting = {j["id"]: j for j in (await api.call("status", run=run))["jobs"]}
+        assert waiting["c"]["state"] == "waiting"
+        assert waiting["c"]["reason"] == "skipped by an operator: passes when its turn comes"
+        with pytest.raises(WireError) as twice:
+            await api.call("skip", run=run, job="c")
+        assert "already to be skipped" in twice.value.message
         await api.call("skip", run=run, job="b")
         await agent.run_job("a")
         await agent.wait_for(2)
-        assert agent.dispatches[-1].payload["job"] == "c"
-        await agent.run_job("c")
+        assert agent.dispatches[-1].payload["job"] == "d"
+        await agent.run_job("d")
         doc = await wait_for_run(api, run)
     assert doc["state"] == "succeeded"
-    assert [(j["id"], j["state"]) for j in doc["jobs"]] == [("a", "succeeded"), ("b", "skipped"), ("c", "succeeded")]
+    assert [(j["id"], j["state"], j["reason"]) for j in doc["jobs"]] == [
+        ("a", "succeeded", ""),
+        ("b", "skipped", "skipped by an operator"),
+        ("c", "skipped", "skipped by an operator"),
+        ("d", "succeeded", ""),
+    ]
+    assert len(agent.dispatches) == 2
+
+
+async def test_a_job_skipped_before_its_turn_does_not_pass_a_failure_before_it(
+    site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str
+) -> None:
+    name = f"a{uid}"
+    async with running_manager(site_dir, sid, nats_url) as api, scripted_agent(nc, name) as agent:
+        await api.call("apply", definitions=chain_definitions(name, ["a", "b", "c"]))
+        run = (await api.call("run", jobnet="chain"))["run"]
+        await agent.wait_for(1)
+        assert (await api.call("hold", run=run, job="b"))["state"] == "held"
+        await api.call("skip", run=run, job="b")  # replaces the hold
+        await agent.run_job("a", exit_code=1)
+        doc = await wait_for_run(api, run)
+    assert doc["state"] == "failed"
+    assert [(j["id"], j["state"], j["reason"]) for j in doc["jobs"]] == [
+        ("a", "failed", ""),
+        ("b", "skipped", "not run: a did not succeed"),
+        ("c", "skipped", "not run: a did not succeed"),
+    ]
+    assert len(agent.dispatches) == 1
 
 
 async def test_kill_reaches_the_executor_and_a_killed_run_ends_stopped(
