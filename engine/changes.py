@@ -37,9 +37,11 @@ _PURGE = (
     "DELETE FROM audit WHERE ts < ?",
 )
 _UPSERT_RUN = """
-INSERT INTO runs(run_id, jobnet, version, state, tenant, params, created_at, ended_at, held, dedupe_key)
-VALUES (?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT(run_id) DO UPDATE SET state=excluded.state, ended_at=excluded.ended_at, held=excluded.held"""
+INSERT INTO runs(run_id, jobnet, version, state, tenant, params, created_at, ended_at, held, dedupe_key, stopping,
+    reopened_at)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT(run_id) DO UPDATE SET state=excluded.state, ended_at=excluded.ended_at, held=excluded.held,
+    stopping=excluded.stopping, reopened_at=excluded.reopened_at"""
 _UPSERT_JOB = """
 INSERT INTO jobs(run_id, job_id, state, attempts, attempt_id, exit_code, started_at, ended_at, reason, bypassed)
 VALUES (?,?,?,?,?,?,?,?,?,?)
@@ -158,6 +160,8 @@ def _run_row(r: Run) -> tuple[Any, ...]:
         r.ended_at,
         int(r.held),
         r.dedupe_key,
+        int(r.stopping),
+        r.reopened_at,
     )
 
 

@@ -156,7 +156,7 @@ def _run_command(core: "Core", cmd: "Command", ch: Changes, out: "Outbound", now
     if cmd.verb == "kill":
         return control.kill(core, run, job, ch, out, now)
     if cmd.verb == "rerun":
-        return control.rerun(core, run, cmd.args, ch, out)
+        return control.rerun(core, run, cmd.args, ch, out, now)
     return control.set_status(core, run, job, cmd.args.get("state"), ch, out, now)
 
 

@@ -153,7 +153,7 @@ def _kill_job(core: "Core", run: Run, job: JobRun, ch: Changes, out: "Outbound",
     core.end_job(run, job, JobState.KILLED, None, "killed by an operator before it started", ch, out, now)
 
 
-def rerun(core: "Core", run: Run, args: dict[str, Any], ch: Changes, out: "Outbound") -> dict[str, Any]:
+def rerun(core: "Core", run: Run, args: dict[str, Any], ch: Changes, out: "Outbound", now: float) -> dict[str, Any]:
     """Run again the jobs that did not succeed (``failed``), one job and all after it (``from``), or one job."""
     if run.state == RunState.RUNNING:
         raise _refuse(f"run {run.run_id} is still running: rerun it once it has ended")
@@ -174,7 +174,7 @@ def rerun(core: "Core", run: Run, args: dict[str, Any], ch: Changes, out: "Outbo
     for job in again:
         run.reset(job, ignore_after=mode == "only")
         core.changed(run, job, ch, out)
-    core.reopen(run, ch, out)
+    core.reopen(run, ch, out, now)
     return {"run": run.run_id, "rerun": sorted(j.id for j in again)}
 
 
@@ -190,7 +190,7 @@ def set_status(
     target = SETTABLE_STATES[state]
     reopened = run.state != RunState.RUNNING
     if reopened:
-        core.reopen(run, ch, out)
+        core.reopen(run, ch, out, now)
     if job.state in FINAL_JOB_STATES:
         run.set_state(job, JobState.WAITING)
     # Jobs skipped only because this one had not succeeded get their chance again.

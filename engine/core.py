@@ -221,6 +221,7 @@ class Core:
         run = Run.new(raw["run_id"], jobnet, raw["version"], raw["created_at"], raw["params"])
         run.tenant, run.state, run.ended_at = raw["tenant"], RunState(raw["state"]), raw["ended_at"]
         run.held, run.dedupe_key = raw["held"], raw["dedupe_key"]
+        run.stopping, run.reopened_at = raw["stopping"], raw["reopened_at"]
         for job_id, row in raw["jobs"].items():
             job = run.jobs.get(job_id)
             if job is not None:
@@ -396,12 +397,13 @@ class Core:
         """Offer the run's ready jobs for dispatch again (after a release or a rerun)."""
         self.dispatch.ready.extend((run, j) for j in run.jobs.values() if j.state == JobState.READY)
 
-    def reopen(self, run: Run, ch: Changes, out: Outbound) -> None:
+    def reopen(self, run: Run, ch: Changes, out: Outbound, now: float) -> None:
         """A finished run runs again (rerun, or a status an operator set)."""
-        run.state, run.ended_at, run.stopping = RunState.RUNNING, None, False
+        run.state, run.ended_at, run.stopping, run.reopened_at = RunState.RUNNING, None, False, now
         run.recount()
         self.runs[run.run_id] = run
         ch.run(run)
+        self.flow.reopened(run, ch, now)
         self.touch(run, out)
         self.requeue_ready(run)
 

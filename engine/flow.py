@@ -161,17 +161,28 @@ class Flow:
 
     def started(self, run: Run, queued: bool, ch: Changes, now: float) -> None:
         """A run was created: queue it behind earlier instances, arm its timeout and delay watch."""
-        net = run.jobnet.flow
         if queued:
             run.flow.queued, run.held = True, True
             run.flow.note = "queued behind earlier runs of its jobnet (instances = queue)"
             ch.flow.event(run, "", "queued", run.flow.note, now)
-        if net.timeout_s is not None:
-            self._arm(run.created_at + net.timeout_s, _RUN_TIMEOUT, run, "")
-        if net.delay is not None:
-            self._arm(net.delay.due(run.created_at), _RUN_DELAY, run, "")
+        self._arm_run(run, run.created_at)
         if not run.flow.is_plain():
             ch.flow.run(run)
+
+    def reopened(self, run: Run, ch: Changes, now: float) -> None:
+        """A rerun reopened an ended run: what forced its end is forgotten, its watches count from now."""
+        if run.flow.forced is not None or run.flow.note or run.flow.delayed:
+            run.flow.forced, run.flow.note, run.flow.delayed = None, "", False
+            ch.flow.run(run)
+        self._arm_run(run, now)
+
+    def _arm_run(self, run: Run, since: float) -> None:
+        """Arm the run's timeout and end-delay watch, counted from ``since``."""
+        net = run.jobnet.flow
+        if net.timeout_s is not None:
+            self._arm(since + net.timeout_s, _RUN_TIMEOUT, run, "")
+        if net.delay is not None and not run.flow.delayed:
+            self._arm(net.delay.due(since), _RUN_DELAY, run, "")
 
     def run_ended(self, run: Run, ch: Changes, out: "Outbound", now: float) -> None:
         """A run ended: its parent unit goes on; the next queued run of its jobnet starts."""
@@ -539,11 +550,7 @@ class Flow:
                     job.flow.load(variables, state)
         if run.state != RunState.RUNNING:
             return
-        net = run.jobnet.flow
-        if net.timeout_s is not None:
-            self._arm(run.created_at + net.timeout_s, _RUN_TIMEOUT, run, "")
-        if net.delay is not None and not run.flow.delayed:
-            self._arm(net.delay.due(run.created_at), _RUN_DELAY, run, "")
+        self._arm_run(run, run.reopened_at or run.created_at)
         for job in run.jobs.values():
             if job.state == JobState.RETRY_WAIT:
                 self._arm(job.flow.retry_at or time.time(), _RETRY, run, job.id)

@@ -94,6 +94,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX run_events_by_run ON run_events(run_id, id);
     ALTER TABLE attempts ADD COLUMN delay_s REAL;
     """,
+    # 7: a run an operator killed (it ends stopped, across a manager swap too), and when a rerun reopened
+    # a finished run (its timeout and delay watch count from then).
+    """
+    ALTER TABLE runs ADD COLUMN stopping INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN reopened_at REAL;
+    """,
 )
 
 #: The schema version this code writes.

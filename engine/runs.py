@@ -99,6 +99,8 @@ class Run:
     held: bool = False
     #: killed by an operator: it ends stopped
     stopping: bool = False
+    #: wall-clock time a rerun reopened it after it ended (its timeout and delay watch count from then)
+    reopened_at: float | None = None
     #: the submitter's dedupe key: a second submission with it returns this run
     dedupe_key: str | None = None
     #: variables, parent unit, forced end state (``engine.flowstate``)

@@ -347,11 +347,12 @@ class Store:
             )
         )
         async with self._w.execute(
-            "SELECT run_id, jobnet, version, tenant, params, created_at, state, ended_at, held, dedupe_key"
-            f" FROM runs WHERE {where}",
+            "SELECT run_id, jobnet, version, tenant, params, created_at, state, ended_at, held, dedupe_key,"
+            f" stopping, reopened_at FROM runs WHERE {where}",
             params,
         ) as cur:
-            async for run_id, jobnet, version, tenant, run_params, created_at, state, ended_at, held, key in cur:
+            async for row in cur:
+                run_id, jobnet, version, tenant, run_params, created_at, state, ended_at, held, key = row[:10]
                 runs.append(
                     {
                         "run_id": str(run_id),
@@ -364,6 +365,8 @@ class Store:
                         "ended_at": ended_at,
                         "held": bool(held),
                         "dedupe_key": key,
+                        "stopping": bool(row[10]),
+                        "reopened_at": row[11],
                         "jobs": {},
                     }
                 )

@@ -246,3 +246,58 @@ async def test_purge_forgets_finished_runs_and_old_audit_but_keeps_running_ones(
     assert gone.value.code == ErrorCode.NOT_FOUND
     assert [a["action"] for a in after] == ["purge"]
     assert after[0]["who"] and after[0]["outcome"] == "ok"
+
+
+async def test_a_killed_run_ends_stopped_and_is_asked_again_after_a_manager_restart(
+    site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str
+) -> None:
+    name = f"a{uid}"
+    kills = await nc.subscribe(subjects.control_all())
+    async with scripted_agent(nc, name) as agent:
+        async with running_manager(site_dir, sid, nats_url) as api:
+            await api.call("apply", definitions=chain_definitions(name, ["a", "b"]))
+            run = (await api.call("run", jobnet="chain"))["run"]
+            (a,) = await agent.wait_for(1)
+            await agent.report([event_for(a, Kind.STARTED, {"host": "h", "pid": 7}, time.time())])
+            await _job_running(api, run, "a")
+            assert (await api.call("kill", run=run))["killed"] == 1
+            first = await kills.next_msg(timeout=10)
+        async with running_manager(site_dir, sid, nats_url) as api:
+            # The new manager knows the run is being stopped and that 'a' was asked to die: the job's next
+            # heartbeat brings the request again (the first might have been lost on the way).
+            await agent.report([event_for(a, Kind.HEARTBEAT, {}, time.time(), 1)])
+            again = await kills.next_msg(timeout=10)
+            assert again.subject == first.subject == subjects.control(a.payload["attempt_id"])
+            fin = Finished(a.payload["attempt_id"], JobStatus.KILLED, -15, host="h")
+            await agent.report([event_for(a, Kind.FINISHED, fin.to_wire(), time.time())])
+            doc = await wait_for_run(api, run)
+    assert doc["state"] == "stopped"
+    assert [(j["id"], j["state"]) for j in doc["jobs"]] == [("a", "killed"), ("b", "skipped")]
+
+
+async def test_a_rerun_of_a_run_that_timed_out_gets_its_whole_timeout_again(
+    site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str
+) -> None:
+    name = f"a{uid}"
+    defs = chain_definitions(name, ["a"])
+    defs["jobnet"]["chain"]["timeout_s"] = 1
+    async with running_manager(site_dir, sid, nats_url, tick_s=0.1) as api, scripted_agent(nc, name) as agent:
+        await api.call("apply", definitions=defs)
+        run = (await api.call("run", jobnet="chain"))["run"]
+        await agent.wait_for(1)  # and never answers: the run times out
+        doc = await wait_for_run(api, run)
+        assert doc["state"] == "failed" and "timed out" in doc["note"]
+        await asyncio.sleep(1.2)  # the rerun comes later than the first run's timeout
+        await api.call("rerun", run=run, mode="failed")
+        await agent.wait_for(2)
+        await agent.run_job("a")
+        doc = await wait_for_run(api, run)
+    assert doc["state"] == "succeeded"
+    assert doc["note"] == ""
+    assert [(j["id"], j["state"], j["attempts"]) for j in doc["jobs"]] == [("a", "succeeded", 2)]
+
+
+async def _job_running(api: Any, run: str, job: str) -> None:
+    async with asyncio.timeout(10):
+        while (await _states(api, run)).get(job) != "running":
+            await asyncio.sleep(0.05)
