@@ -299,5 +299,7 @@ async def test_a_rerun_of_a_run_that_timed_out_gets_its_whole_timeout_again(
 
 async def _job_running(api: Any, run: str, job: str) -> None:
     async with asyncio.timeout(10):
-        while (await _states(api, run)).get(job) != "running":
+        while True:
+            if (await _states(api, run)).get(job) == "running":
+                return
             await asyncio.sleep(0.05)
