@@ -218,7 +218,7 @@ class Reporter:
             logger.warning("bad control message on %s: %s", msg.subject, exc)
             await reply(msg, error_reply(exc, ts=time.time()))
             return
-        attempt_id = msg.subject.removeprefix(subjects.control(""))
+        attempt_id = subjects.attempt_of_control(msg.subject)
         running = self._running.get(attempt_id)
         if running is None:
             return  # another executor runs it, or it already ended: that one answers

@@ -51,7 +51,7 @@ class StandardAgent:
                 sending = tg.create_task(outbox.run())
                 hello = await subscribe(nc, subjects.hello_all())
                 hearing = tg.create_task(consume(hello, hello_handler(outbox, lambda: self._register(nc), self._fence)))
-                control = await subscribe(nc, subjects.control_all())
+                control = await subscribe(nc, subjects.controls_of(f"agent:{s.name}"))
                 controlling = tg.create_task(reporter.serve_control(control))
                 intake = await subscribe(nc, subjects.agent_run(s.name))
                 # Subscribed first, so a manager that sees the registration can dispatch at once.

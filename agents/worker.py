@@ -108,7 +108,7 @@ class DestinationWorker:
                 sending = tg.create_task(outbox.run())
                 hello = await subscribe(nc, subjects.hello_all())
                 hearing = tg.create_task(consume(hello, hello_handler(outbox)))
-                control = await subscribe(nc, subjects.control_all())
+                control = await subscribe(nc, subjects.controls_of(f"dest:{self._dest}"))
                 controlling = tg.create_task(reporter.serve_control(control))
                 announcing = tg.create_task(self._announce_every_beat(nc))
                 logger.info("worker %s of %s ready: %d slot(s)", s.name, self._dest, s.concurrency)

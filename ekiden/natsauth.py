@@ -94,7 +94,7 @@ class Permissions:
 def permissions(who: Identity) -> Permissions:
     """The subjects an identity needs, and no others."""
     inbox = subjects.under(who.inbox_prefix)
-    hello, control = subjects.hello_all(), subjects.control_all()
+    hello = subjects.hello_all()
     if who.role == Role.MANAGER:
         sid = who.name
         return Permissions(
@@ -104,7 +104,7 @@ def permissions(who: Identity) -> Permissions:
                 subjects.all_agent_runs(),
                 subjects.all_relay_runs(),
                 subjects.all_relay_stats(),
-                control,
+                subjects.control_all(),
             ),
             subscribe=(
                 subjects.events(sid),
@@ -121,12 +121,12 @@ def permissions(who: Identity) -> Permissions:
                 subjects.all_events(),
                 subjects.all_dest_runs(),
                 subjects.all_output(),
-                control,
+                subjects.dest_controls(),
                 *_relay_jetstream(),
             ),
             subscribe=(
                 subjects.all_output(),
-                control,
+                subjects.dest_controls(),
                 subjects.relay_run(who.name),
                 subjects.relay_events(who.name),
                 subjects.relay_stats(who.name),
@@ -148,7 +148,7 @@ def permissions(who: Identity) -> Permissions:
                 subjects.js_stream_api("STREAM.INFO", stream),
                 subjects.js_consumer_api("CONSUMER.INFO", stream),
             ),
-            subscribe=(hello, control, inbox),
+            subscribe=(hello, subjects.controls_of(f"dest:{who.name}"), inbox),
             allow_responses=True,
         )
     if who.role == Role.AGENT:
@@ -159,7 +159,7 @@ def permissions(who: Identity) -> Permissions:
                 subjects.REGISTER,
                 subjects.agent_heartbeat(who.name),
             ),
-            subscribe=(subjects.agent_run(who.name), hello, control, inbox),
+            subscribe=(subjects.agent_run(who.name), hello, subjects.controls_of(f"agent:{who.name}"), inbox),
             allow_responses=True,
         )
     if who.role == Role.OPERATOR:

@@ -252,11 +252,11 @@ class Api:
         job = run.jobs.get(job_id)
         if job is None:
             raise WireError(ErrorCode.NOT_FOUND, f"run {run_id} has no job {job_id!r}")
-        asked = [a.attempt_id for a in job.live_attempts() if not a.status]
+        asked = [a for a in job.live_attempts() if not a.status]
         ask = Envelope(Kind.CONTROL, self._settings.server_id, {"action": "replay"}, self._lease.epoch, ts=time.time())
-        for attempt_id in asked:
-            await self._nc.publish(subjects.control(attempt_id), encode_one(ask))
-        return {"run": run.run_id, "job": job.id, "attempts": asked}
+        for attempt in asked:
+            await self._nc.publish(subjects.control(attempt.target, attempt.attempt_id), encode_one(ask))
+        return {"run": run.run_id, "job": job.id, "attempts": [a.attempt_id for a in asked]}
 
     async def _logs(self, args: dict[str, Any]) -> dict[str, Any]:
         run_id, job = str(args.get("run", "")), str(args.get("job", ""))

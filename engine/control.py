@@ -127,10 +127,10 @@ def kill(core: "Core", run: Run, job_id: Any, ch: Changes, out: "Outbound", now:
     return {"run": run.run_id, "killed": killed, "state": str(run.state)}
 
 
-def kill_request(core: "Core", run_id: str, aid: str, now: float) -> tuple[str, Envelope]:
-    """The kill request for one attempt, as ``(its control subject, envelope)`` to publish after commit."""
+def kill_request(core: "Core", run_id: str, target: str, aid: str, now: float) -> tuple[str, Envelope]:
+    """The kill request for one attempt gone to ``target``, as ``(its control subject, envelope)`` to publish."""
     env = Envelope(Kind.CONTROL, core.server_id, {"action": "kill"}, core.epoch, run_id=run_id, ts=now)
-    return subjects.control(aid), env
+    return subjects.control(target, aid), env
 
 
 def _kill_job(core: "Core", run: Run, job: JobRun, ch: Changes, out: "Outbound", now: float) -> None:
@@ -141,8 +141,8 @@ def _kill_job(core: "Core", run: Run, job: JobRun, ch: Changes, out: "Outbound",
     for attempt in job.live_attempts():
         if attempt.status:
             continue
-        out.controls.append(kill_request(core, run.run_id, attempt.attempt_id, now))
-        core.killed.add(attempt.attempt_id)
+        out.controls.append(kill_request(core, run.run_id, attempt.target, attempt.attempt_id, now))
+        core.killed[attempt.attempt_id] = attempt.target
         started = started or attempt.started_at is not None
     if started:
         job.reason = KILL_REQUESTED

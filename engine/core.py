@@ -154,7 +154,7 @@ class Core:
         self._last_purge = 0.0
         #: attempts asked to die and not yet ended: each sign of life from one (it started anyway, having been
         #: queued; it still beats, the request having been lost) sends the kill again
-        self.killed: set[str] = set()
+        self.killed: dict[str, str] = {}  # attempt ID -> its target
         #: dedupe keys of runs started by this manager (older ones are looked up in the database)
         self.dedupe: dict[str, str] = {}
         self._last_run_id = 0
@@ -255,7 +255,7 @@ class Core:
                 if not attempt.status:
                     self.dispatch.track(run, job, attempt)
                     if job.reason == control.KILL_REQUESTED:
-                        self.killed.add(attempt.attempt_id)  # asked again on its next heartbeat
+                        self.killed[attempt.attempt_id] = attempt.target  # asked again on its next beat
 
     # -- the loop --------------------------------------------------------------------------------
 

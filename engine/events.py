@@ -41,11 +41,12 @@ def on_event(core: "Core", env: Envelope, ch: Changes, out: "Outbound", now: flo
         return None
     found = core.dispatch.attempts.get(aid)
     if found is None:
-        if env.kind == Kind.STARTED and aid in core.killed:
+        target = core.killed.get(aid)
+        if env.kind == Kind.STARTED and target is not None:
             # Killed while it waited in its destination's queue, and a worker took it anyway.
-            out.controls.append(control.kill_request(core, env.run_id, aid, now))
+            out.controls.append(control.kill_request(core, env.run_id, target, aid, now))
         elif env.kind == Kind.FINISHED:
-            core.killed.discard(aid)
+            core.killed.pop(aid, None)
         logger.debug("event %s for attempt %s that is not in flight: acked, changes nothing", env.kind, aid)
         return eid
     run, job = found
@@ -61,7 +62,7 @@ def on_event(core: "Core", env: Envelope, ch: Changes, out: "Outbound", now: flo
     if aid in core.killed and env.kind in (Kind.STARTED, Kind.HEARTBEAT):
         # Still running after a kill request: it may have been lost (a NATS or relay restart, a manager
         # swap), so ask again on every sign of life until the attempt reports its end.
-        out.controls.append(control.kill_request(core, env.run_id, aid, now))
+        out.controls.append(control.kill_request(core, env.run_id, attempt.target, aid, now))
     if env.kind == Kind.STARTED:
         _on_started(core, run, job, attempt, env, ch, out, now)
     elif env.kind == Kind.FINISHED:
@@ -71,7 +72,7 @@ def on_event(core: "Core", env: Envelope, ch: Changes, out: "Outbound", now: flo
             logger.warning("malformed finished event for %s refused: %s", aid, exc)
             return None
         attempt.reported_at = env.ts or now
-        core.killed.discard(aid)
+        core.killed.pop(aid, None)
         _on_finished(core, run, job, attempt, fin, ch, out, now)
     elif env.kind == Kind.ACCEPTED and attempt.accepted_at is None:
         core.dispatch.confirm(attempt, now)

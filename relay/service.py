@@ -147,7 +147,9 @@ class Relay:
                     # Workers' live output goes up and managers' control requests (kill, replay of the
                     # output so far) go down, as they are (best effort, one relay of the name is enough).
                     out_sub = await subscribe(nc, subjects.all_output(), subjects.RELAY_QUEUE)
-                    ctl_sub = await subscribe(self._upstream, subjects.control_all(), subjects.relay_queue(self._name))
+                    ctl_sub = await subscribe(
+                        self._upstream, subjects.dest_controls(), subjects.relay_queue(self._name)
+                    )
                     carrying = [tg.create_task(_carry(out_sub, self._upstream)), tg.create_task(_carry(ctl_sub, nc))]
                 if not self._intake_stopped.is_set():
                     evt_sub = await subscribe(nc, subjects.relay_events(self._name), subjects.RELAY_QUEUE)

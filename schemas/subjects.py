@@ -131,14 +131,41 @@ def relay_queue(relay: str) -> str:
     return f"{RELAY_QUEUE}.{check_name(relay, 'relay')}"
 
 
+#: The kinds of target an attempt goes to, as its ``target`` names them (``agent:NAME``, ``dest:NAME``).
+TARGET_KINDS = {"agent": "agent", "dest": "destination"}
+
+
 def control_all() -> str:
-    """Every attempt's control subject: executors subscribe once and pick out the attempts they run."""
+    """Every attempt's control subject (the managers publish them)."""
     return f"{ROOT}.ctl.>"
 
 
-def control(attempt_id: str) -> str:
-    """Kill and signal requests for whoever runs this attempt."""
-    return f"{ROOT}.ctl.{attempt_id}"
+def control(target: str, attempt_id: str) -> str:
+    """Control requests (kill, replay of the output so far) for whoever runs this attempt.
+
+    Args:
+        target: where the attempt went: ``agent:NAME`` or ``dest:NAME``.
+    """
+    kind, _, name = target.partition(":")
+    what = TARGET_KINDS.get(kind)
+    if what is None:
+        raise ValueError(f"not an attempt target: {target!r}")
+    return f"{ROOT}.ctl.{kind}.{check_name(name, what)}.{attempt_id}"
+
+
+def controls_of(target: str) -> str:
+    """The control requests for every attempt an executor of ``target`` (``agent:NAME``, ``dest:NAME``) runs."""
+    return control(target, "*")
+
+
+def dest_controls() -> str:
+    """The control requests for attempts of every destination (relays carry them to the workers' NATS)."""
+    return f"{ROOT}.ctl.dest.>"
+
+
+def attempt_of_control(subject: str) -> str:
+    """The attempt ID a control subject names."""
+    return subject.rsplit(".", 1)[-1]
 
 
 # -- what NATS permissions name (see ekiden.natsauth and docs/security.md) ------------------------------

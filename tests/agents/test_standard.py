@@ -125,7 +125,7 @@ async def test_bad_input_is_answered_and_the_agent_keeps_serving(
     await _dispatch(nc, name, dispatch(sid, long))
     await manager.wait_for(lambda: bool(manager.of(long.attempt_id, Kind.STARTED)), "long to start")
     truncated = encode_one(dispatch(sid, long))[:-7]
-    for subject in (subjects.agent_run(name), subjects.control(long.attempt_id)):
+    for subject in (subjects.agent_run(name), subjects.control(f"agent:{name}", long.attempt_id)):
         for body in (b"\xc1garbage", truncated, b""):
             reply = await nc.request(subject, body, timeout=DEADLINE_S)
             (err,) = decode(reply.data)
@@ -139,7 +139,11 @@ async def test_bad_input_is_answered_and_the_agent_keeps_serving(
     assert ack["accepted"] == [] and ack["refused"][0]["code"] == "invalid"  # type: ignore[index]
     # Still alive: the control subject still kills, and a new job still runs.
     kill = Envelope(kind=Kind.CONTROL, sid=sid, payload={"action": "kill"})
-    (kack,) = decode((await nc.request(subjects.control(long.attempt_id), encode_one(kill), timeout=DEADLINE_S)).data)
+    (kack,) = decode(
+        (
+            await nc.request(subjects.control(f"agent:{name}", long.attempt_id), encode_one(kill), timeout=DEADLINE_S)
+        ).data
+    )
     assert kack.kind == Kind.ACK
     fin = Finished.from_wire((await manager.finished(long.attempt_id)).payload)
     assert fin.status == JobStatus.KILLED
@@ -193,7 +197,9 @@ async def test_a_replay_request_publishes_the_output_so_far_then_live_pieces_con
     await _dispatch(nc, name, dispatch(sid, talk))
     await manager.wait_for(lambda: bool(manager.of(talk.attempt_id, Kind.STARTED)), "talk to start")
     ask = Envelope(kind=Kind.CONTROL, sid=sid, payload={"action": "replay"})
-    (ack,) = decode((await nc.request(subjects.control(talk.attempt_id), encode_one(ask), timeout=DEADLINE_S)).data)
+    (ack,) = decode(
+        (await nc.request(subjects.control(f"agent:{name}", talk.attempt_id), encode_one(ask), timeout=DEADLINE_S)).data
+    )
     assert ack.kind == Kind.ACK and ack.payload["action"] == "replay"
     async with asyncio.timeout(DEADLINE_S):
         async for msg in out.messages:

@@ -164,7 +164,7 @@ async def test_kill_request_ends_a_job_killed_and_acked(
     _worker(spawn, dest)
     await relay.wait_for(lambda: bool(relay.of(long.attempt_id, Kind.STARTED)), "long to start")
     kill = Envelope(kind=Kind.CONTROL, sid=sid, payload={"action": "kill"})
-    reply = await nc.request(subjects.control(long.attempt_id), encode_one(kill), timeout=DEADLINE_S)
+    reply = await nc.request(subjects.control(f"dest:{dest}", long.attempt_id), encode_one(kill), timeout=DEADLINE_S)
     assert decode(reply.data)[0].kind == Kind.ACK
     assert Finished.from_wire((await relay.finished(long.attempt_id)).payload).status == JobStatus.KILLED
     await _wait_stream_empty(js, dest)

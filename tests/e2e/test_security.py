@@ -169,6 +169,9 @@ async def test_a_worker_cannot_subscribe_elsewhere_pull_another_queue_or_delete_
             subjects.events(SID),
             subjects.api_all(SID),
             subjects.dest_run("other"),
+            subjects.controls_of("dest:other"),
+            subjects.controls_of("agent:local"),
+            subjects.control_all(),
             subjects.under("_INBOX"),
             subjects.under(subjects.inbox_prefix("worker", "other")),
         ]
@@ -316,7 +319,7 @@ async def test_garbage_on_every_subject_leaves_every_process_serving(sec: Secure
             subjects.relay_stats("main"),
             subjects.agent_run("local"),
             subjects.hello(SID),
-            subjects.control(attempt_id(SID, run, "w1", 1)),
+            subjects.control("dest:cloud", attempt_id(SID, run, "w1", 1)),
         ],
         OP_A: [subjects.api(SID, verb, "a") for verb in ("run", "status", "apply", "runs", "logs", "nope")],
         ADMIN: [subjects.api(SID, verb) for verb in ("run", "apply", "maintenance", "agent")],

@@ -152,8 +152,8 @@ async def test_kill_reaches_the_executor_and_a_killed_run_ends_stopped(
                 assert decode(msg.data)[0].payload == {"action": "kill"}
                 seen.add(msg.subject)
         assert seen == {
-            subjects.control(long.payload["attempt_id"]),
-            subjects.control(agent.dispatch_of("queued").payload["attempt_id"]),
+            subjects.control(f"agent:{name}", long.payload["attempt_id"]),
+            subjects.control(f"agent:{name}", agent.dispatch_of("queued").payload["attempt_id"]),
         }
         # The executor kills the process group and reports it killed.
         fin = Finished(long.payload["attempt_id"], JobStatus.KILLED, -15, host="h")
@@ -267,7 +267,7 @@ async def test_a_killed_run_ends_stopped_and_is_asked_again_after_a_manager_rest
             # heartbeat brings the request again (the first might have been lost on the way).
             await agent.report([event_for(a, Kind.HEARTBEAT, {}, time.time(), 1)])
             again = await kills.next_msg(timeout=10)
-            assert again.subject == first.subject == subjects.control(a.payload["attempt_id"])
+            assert again.subject == first.subject == subjects.control(f"agent:{name}", a.payload["attempt_id"])
             fin = Finished(a.payload["attempt_id"], JobStatus.KILLED, -15, host="h")
             await agent.report([event_for(a, Kind.FINISHED, fin.to_wire(), time.time())])
             doc = await wait_for_run(api, run)

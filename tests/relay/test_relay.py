@@ -343,7 +343,7 @@ async def test_a_relay_carries_control_down_and_output_up_once_even_if_both_side
     async def take(msg: Msg) -> None:
         got.setdefault(msg.subject, []).append(msg)
 
-    control, output = subjects.control(f"x{uid}"), subjects.output("s1", "t1", f"x{uid}")
+    control, output = subjects.control("dest:d1", f"x{uid}"), subjects.output("s1", "t1", f"x{uid}")
     for subject in (control, output):
         await nc.subscribe(subject, cb=take)
         await nc.publish(subject, b"piece")
