@@ -128,11 +128,11 @@ class StandardAgent:
         logger.info("attempt %s %s (exit %s)", attempt.attempt_id, finished.status, finished.exit_code)
 
     async def _register(self, nc: Client) -> None:
-        await self._announce(nc, subjects.REGISTER)
+        await self._announce(nc, subjects.agent_heartbeat(self._settings.name))
 
     async def _inventory_beats(self, nc: Client) -> None:
-        await self._announce(nc, subjects.REGISTER)
         subject = subjects.agent_heartbeat(self._settings.name)
+        await self._announce(nc, subject)
         while True:
             await asyncio.sleep(self._settings.heartbeat_s)
             await self._announce(nc, subject)

@@ -109,7 +109,6 @@ def permissions(who: Identity) -> Permissions:
             subscribe=(
                 subjects.events(sid),
                 subjects.api_all(sid),
-                subjects.REGISTER,
                 subjects.ALL_AGENT_HEARTBEATS,
                 inbox,
             ),
@@ -156,7 +155,6 @@ def permissions(who: Identity) -> Permissions:
             publish=(
                 subjects.all_events(),
                 subjects.all_output(),
-                subjects.REGISTER,
                 subjects.agent_heartbeat(who.name),
             ),
             subscribe=(subjects.agent_run(who.name), hello, subjects.controls_of(f"agent:{who.name}"), inbox),

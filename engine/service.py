@@ -145,7 +145,6 @@ async def _serve_active(
     api.add_verbs(flow_verbs(core, store))
     intake = [
         await subscribe(nc, subjects.events(sid), subjects.MANAGER_QUEUE),
-        await subscribe(nc, subjects.REGISTER),
         await subscribe(nc, subjects.ALL_AGENT_HEARTBEATS),
     ]
     api_sub = await subscribe(nc, subjects.api_all(sid), subjects.MANAGER_QUEUE)
@@ -165,7 +164,6 @@ async def _serve_active(
             tg.create_task(dispatcher.run())
             tg.create_task(_take_events(intake[0], core.queue))
             tg.create_task(_take_registrations(intake[1], core.queue))
-            tg.create_task(_take_registrations(intake[2], core.queue))
             tg.create_task(api.serve(api_sub))
             tg.create_task(_tick(core.queue, settings.tick_s))
             await nc.publish(
@@ -214,15 +212,24 @@ async def _take_events(sub: Subscription, queue: "asyncio.Queue[Item]") -> None:
 
 
 async def _take_registrations(sub: Subscription, queue: "asyncio.Queue[Item]") -> None:
+    """Agents' registrations and heartbeats; one naming another agent than its subject does is dropped.
+
+    An agent's credential may publish only on its own name's subject, so the name is the credential's.
+    """
     async for msg in sub.messages:
         try:
             envs = decode(msg.data)
         except WireError as exc:
             logger.warning("bad registration on %s: %s", msg.subject, exc)
             continue
+        name = subjects.agent_of_heartbeat(msg.subject)
         for env in envs:
-            if env.kind == Kind.REGISTER:
-                await queue.put(Registered(env))
+            if env.kind != Kind.REGISTER:
+                continue
+            if env.payload.get("name") != name:
+                logger.warning("registration on %s naming %r dropped", msg.subject, env.payload.get("name"))
+                continue
+            await queue.put(Registered(env))
 
 
 async def _tick(queue: "asyncio.Queue[Item]", tick_s: float) -> None:

@@ -4,9 +4,7 @@ from schemas.names import check_name, is_valid_name
 
 #: Root token of every subject.
 ROOT = "ekiden"
-#: Standard agents and destination workers announce themselves here.
-REGISTER = f"{ROOT}.reg"
-#: Every standard agent's heartbeat, for managers.
+#: Every standard agent's registration and heartbeats (its inventory), for managers.
 ALL_AGENT_HEARTBEATS = f"{ROOT}.agent.*.hb"
 #: Queue group shared by the managers of one server ID (only the active one subscribes).
 MANAGER_QUEUE = "manager"
@@ -87,8 +85,13 @@ def agent_run(name: str) -> str:
 
 
 def agent_heartbeat(name: str) -> str:
-    """Heartbeat and inventory of one standard agent."""
+    """Registration and heartbeats (the inventory) of one standard agent: its credential may publish here only."""
     return f"{ROOT}.agent.{check_name(name, 'agent')}.hb"
+
+
+def agent_of_heartbeat(subject: str) -> str:
+    """The agent name an ``agent_heartbeat`` subject names."""
+    return subject.split(".")[2]
 
 
 def relay_run(name: str) -> str:

@@ -22,7 +22,7 @@ async def manager(nc: Client, sid: str) -> EventSink:
 
 async def _start_agent(nc: Client, spawn: Spawn, name: str, *args: str) -> AgentProcess:
     """Start a standard agent and wait for its registration (it is subscribed by then)."""
-    reg = await subscribe(nc, subjects.REGISTER)
+    reg = await subscribe(nc, subjects.agent_heartbeat(name))
     agent = spawn("--name", name, "--heartbeat-s", "0.5", "--grace", "1", "--kill-grace", "0.5", *args)
     try:
         async with asyncio.timeout(DEADLINE_S):
@@ -155,8 +155,8 @@ async def test_bad_input_is_answered_and_the_agent_keeps_serving(
 
 async def test_hello_makes_the_agent_register_again(nc: Client, spawn: Spawn, sid: str, uid: str) -> None:
     name = f"a{uid}"
-    await _start_agent(nc, spawn, name)
-    reg = await subscribe(nc, subjects.REGISTER)
+    await _start_agent(nc, spawn, name, "--heartbeat-s", "600")  # no heartbeat comes within the test
+    reg = await subscribe(nc, subjects.agent_heartbeat(name))
     await nc.publish(subjects.hello(sid), encode_one(Envelope(kind=Kind.HELLO, sid=sid, payload={"epoch": 2})))
     async with asyncio.timeout(DEADLINE_S):
         async for msg in reg.messages:

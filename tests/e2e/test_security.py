@@ -312,7 +312,7 @@ async def test_garbage_on_every_subject_leaves_every_process_serving(sec: Secure
     # Every subject each role may publish on: what a thief of that credential could send.
     by_role = {
         WORKER: [subjects.relay_events("main"), subjects.dest_heartbeat("cloud")],
-        AGENT: [subjects.events(SID), subjects.REGISTER, subjects.agent_heartbeat("local")],
+        AGENT: [subjects.events(SID), subjects.agent_heartbeat("local")],
         RELAY: [subjects.events(SID), subjects.dest_run("cloud")],
         MANAGER: [
             subjects.relay_run("main"),

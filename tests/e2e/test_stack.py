@@ -131,7 +131,6 @@ async def test_garbage_on_every_subject_leaves_every_process_serving(stack: tupl
         subjects.relay_events("main"),
         subjects.agent_run("local"),
         subjects.control("dest:cloud", "main:1:x:1"),
-        subjects.REGISTER,
         subjects.agent_heartbeat("local"),
         subjects.dest_run("cloud"),
     ]

@@ -183,7 +183,7 @@ async def test_garbage_on_every_manager_subject_leaves_it_serving(
     wrong_kind = encode([Envelope(Kind.DISPATCH, sid, {"attempt_id": 5})])
     no_ids = encode([Envelope(Kind.FINISHED, sid, {"status": "succeeded"})])
     targets = [subjects.events(sid), subjects.api(sid, "status"), subjects.api(sid, "apply"), subjects.api(sid, "nope")]
-    targets += [subjects.REGISTER, subjects.agent_heartbeat(agent_name)]
+    targets += [subjects.agent_heartbeat(agent_name)]
     async with running_manager(site_dir, sid, nats_url) as api, scripted_agent(nc, agent_name) as agent:
         for subject in targets:
             for body in [*garbage, wrong_kind, no_ids]:
@@ -224,3 +224,24 @@ async def test_progress_updates_are_published_after_commit(
     assert ("p", "dispatched") in seen
     assert ("p", "running") in seen
     assert ("p", "succeeded") in seen
+
+
+async def test_a_registration_naming_another_agent_than_its_subject_is_dropped(
+    site_dir: Path, sid: str, nats_url: str, nc: Client, uid: str
+) -> None:
+    me, other = f"a{uid}", f"b{uid}"
+
+    def register(name: str) -> bytes:
+        return encode_one(Envelope(Kind.REGISTER, "", {"name": name, "kind": "agent", "slots": 2, "running": 0}))
+
+    async with running_manager(site_dir, sid, nats_url) as api:
+        # Agent 'me' may publish only on its own subject: there, it cannot pass itself off as 'other'.
+        await nc.publish(subjects.agent_heartbeat(me), register(other))
+        await nc.publish(subjects.agent_heartbeat(me), register(me))
+        async with asyncio.timeout(10):
+            while True:
+                names = {a["name"] for a in await api.call("agents")}
+                if me in names:
+                    break
+                await asyncio.sleep(0.05)
+    assert other not in names
