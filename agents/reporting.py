@@ -1,4 +1,5 @@
-"""Reporting attempts through an outbox (started, heartbeat, finished) and obeying kill requests.
+"""Reporting attempts through an outbox (started, heartbeat, finished) and obeying control requests (a kill, a
+replay of the output so far).
 
 Shared by the standard agent and the destination worker; only where the events go differs.
 """
@@ -96,7 +97,7 @@ async def wait_outbox(outbox: EventOutbox, timeout_s: float) -> bool:
 
 
 class Reporter:
-    """Runs attempts with the executor while reporting them and listening for kill requests."""
+    """Runs attempts with the executor, reports them, publishes their live output and obeys control requests."""
 
     def __init__(self, nc: Client, outbox: EventOutbox, executor: Executor, worker: str, heartbeat_s: float) -> None:
         """Wire a reporter.
@@ -182,7 +183,7 @@ class Reporter:
             logger.debug("live output of %s not sent: %s", attempt.attempt_id, exc)
 
     async def serve_control(self, sub: Subscription) -> None:
-        """Take kill requests for the attempts this process runs (one subscription for all of them)."""
+        """Take control requests for the attempts this process runs (one subscription for all of them)."""
         await consume(sub, self._on_control)
 
     async def finish(self, attempt: Attempt, finished: Finished) -> str:

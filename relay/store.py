@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import aiosqlite
 
@@ -102,6 +103,8 @@ class RelayStore:
             await store._configure()
             await store._migrate()
             store._ids = {row[0] for row in await db.execute_fetchall("SELECT attempt_id FROM dispatches")}
+            # From here on, a write statement opens its transaction (BEGIN IMMEDIATE) in its own round trip.
+            db.isolation_level = "IMMEDIATE"
         except sqlite3.Error as exc:  # not a database, read-only, locked by another writer...
             await db.close()
             raise StoreError(path, str(exc)) from exc
@@ -136,12 +139,10 @@ class RelayStore:
             return
         now = self._clock()
         rows = [(d.attempt_id, d.dest, d.body, now) for d in dispatches]
-        async with self._transaction() as db:
-            await db.executemany(
-                "INSERT OR IGNORE INTO dispatches (attempt_id, dest, body, state, received_at) "
-                "VALUES (?, ?, ?, 'held', ?)",
-                rows,
-            )
+        await self._write(
+            "INSERT OR IGNORE INTO dispatches (attempt_id, dest, body, state, received_at) VALUES (?, ?, ?, 'held', ?)",
+            rows,
+        )
         self._ids.update(d.attempt_id for d in dispatches)
 
     async def held(self) -> list[HeldDispatch]:
@@ -157,10 +158,7 @@ class RelayStore:
         rows = [(now, aid) for aid in attempt_ids]
         if not rows:
             return
-        async with self._transaction() as db:
-            await db.executemany(
-                "UPDATE dispatches SET state = 'forwarded', forwarded_at = ? WHERE attempt_id = ?", rows
-            )
+        await self._write("UPDATE dispatches SET state = 'forwarded', forwarded_at = ? WHERE attempt_id = ?", rows)
 
     async def prune_forwarded(self, retention_s: float) -> int:
         """Forget dispatches forwarded more than ``retention_s`` ago; return how many rows went."""
@@ -181,15 +179,13 @@ class RelayStore:
             return
         now = self._clock()
         rows = [(eid_of(env), encode_one(env), now) for env in envelopes]
-        async with self._transaction() as db:
-            await db.executemany("INSERT OR IGNORE INTO events (eid, body, received_at) VALUES (?, ?, ?)", rows)
+        await self._write("INSERT OR IGNORE INTO events (eid, body, received_at) VALUES (?, ?, ?)", rows)
 
     async def delete(self, eids: list[str]) -> None:
         """Forget events the manager acked, in one transaction."""
         if not eids:
             return
-        async with self._transaction() as db:
-            await db.executemany("DELETE FROM events WHERE eid = ?", [(eid,) for eid in eids])
+        await self._write("DELETE FROM events WHERE eid = ?", [(eid,) for eid in eids])
 
     async def events(self) -> list[Envelope]:
         """Every event not yet acked, oldest first (loaded at start-up)."""
@@ -233,6 +229,23 @@ class RelayStore:
         rows = await self._db.execute_fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
         row = next(iter(rows), None)
         return int(row[0]) if row is not None else 0
+
+    async def _write(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """One write transaction of ``sql`` over ``rows``; SQLite errors become ``StoreError``.
+
+        The statement opens the transaction itself (``BEGIN IMMEDIATE``, see ``open``), so it costs two round
+        trips to the database thread, not three: this runs for every dispatch and every event.
+        """
+        async with self._lock:
+            try:
+                try:
+                    await self._db.executemany(sql, rows)
+                    await self._db.commit()
+                except BaseException:
+                    await self._db.rollback()  # a no-op when nothing is open
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(self._path, str(exc)) from exc
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
