@@ -274,18 +274,7 @@ def event_for(dispatch: Envelope, kind: Kind, payload: dict[str, Any], ts: float
     attempt = dispatch.payload["attempt_id"]
     token = dispatch.payload.get("token")
     token = token if isinstance(token, str) else ""
-    body = {**payload, "eid": event_id(attempt, kind, seq, token), "attempt_id": attempt, "token": token}
-    return Envelope(
-        kind=kind,
-        sid=dispatch.sid,
-        payload=body,
-        epoch=dispatch.epoch,
-        run_id=dispatch.run_id,
-        job_run_id=dispatch.job_run_id,
-        attempt=dispatch.attempt,
-        tenant=dispatch.tenant,
-        ts=ts,
-    )
+    return _about(dispatch, kind, {**payload, "eid": event_id(attempt, kind, seq, token), "token": token}, ts)
 
 
 def output_for(dispatch: Envelope, payload: dict[str, Any], ts: float) -> Envelope:
@@ -293,8 +282,13 @@ def output_for(dispatch: Envelope, payload: dict[str, Any], ts: float) -> Envelo
 
     Unlike an event it carries no attempt token (operators read it) and no event ID (nobody acks it).
     """
+    return _about(dispatch, Kind.OUTPUT, payload, ts)
+
+
+def _about(dispatch: Envelope, kind: Kind, payload: dict[str, Any], ts: float) -> Envelope:
+    """An envelope about the attempt ``dispatch`` carried: its routing fields, and ``attempt_id`` in the payload."""
     return Envelope(
-        kind=Kind.OUTPUT,
+        kind=kind,
         sid=dispatch.sid,
         payload={**payload, "attempt_id": dispatch.payload["attempt_id"]},
         epoch=dispatch.epoch,

@@ -27,7 +27,7 @@ from runtime.bus import BusSettings, connect
 from runtime.destinations import consumer_config, stream_config
 from runtime.natsserver import NatsServer
 from schemas import subjects
-from tests.agents.helpers import AgentProcess
+from tests.agents.helpers import AgentProcess, alive
 from tests.e2e.procs import MARK, outcome, wait_for_end, wait_for_succeeded
 from tests.engine.helpers import wait_for_manager
 from tests.relay.helpers import RelayProcess, eventually, wait_ready
@@ -224,7 +224,7 @@ async def test_a_late_follower_and_a_kill_reach_a_worker_in_the_other_nats_syste
         return pidfile.exists() and bool(pidfile.read_text().strip())
 
     async def child_gone() -> bool:
-        return not _alive(child)
+        return not alive(child)
 
     await eventually(child_started, "the job's child to start", RUN_DEADLINE_S)
     child = int(pidfile.read_text())
@@ -262,27 +262,19 @@ async def test_a_kill_sent_while_the_relay_was_down_reaches_the_job_once_it_is_b
     try:
         # Nothing carries this request to the workers' NATS: it is lost.
         await client.call("kill", run=run, job="long")
-        assert _alive(child)
+        assert alive(child)
     finally:
         clouds.relay.start()
         await _until_up(clouds)
 
     async def child_gone() -> bool:
-        return not _alive(child)
+        return not alive(child)
 
     # The job's next heartbeat comes through the relay again, and the manager asks again.
     await eventually(child_gone, "the killed job's child to end", RUN_DEADLINE_S)
     assert await wait_for_end(clouds.site, run, RUN_DEADLINE_S) == "failed"
     doc = await client.call("status", run=run)
     assert [(j["id"], j["state"]) for j in doc["jobs"]] == [("long", "killed")]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
 
 
 async def test_a_relay_killed_mid_run_loses_nothing_and_runs_nothing_twice(

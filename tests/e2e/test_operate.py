@@ -1,7 +1,6 @@
 """Operating running work with the ekiden command on the real stack: kill, rerun, exit codes, audit."""
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 
 from ekiden.client import ApiClient
 from ekiden.up import Stack, StackPlan
+from tests.agents.helpers import alive
 from tests.engine.helpers import wait_for_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,14 +38,6 @@ async def ekiden(st: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the ekiden command against the stack, as an operator would."""
     argv = [sys.executable, "-m", "ekiden", *args, "--nats", st.endpoint.nats_url, "--site", str(st.site)]
     return await asyncio.to_thread(subprocess.run, argv, cwd=REPO, capture_output=True, text=True, timeout=120)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
 
 
 async def _first_run(client: ApiClient, jobnet: str, timeout_s: float = 30) -> str:
@@ -95,17 +87,17 @@ async def test_kill_reaches_a_worker_behind_the_relay_and_leaves_no_process(
                 break
             await asyncio.sleep(0.05)
         child = int(pidfile.read_text())
-        assert _alive(child)
+        assert alive(child)
         killed = await ekiden(st, "kill", run, "long")
         assert killed.returncode == 0, killed.stderr
         doc = await wait_for_run(client, run, timeout_s=30)
     assert [(j["id"], j["state"]) for j in doc["jobs"]] == [("long", "killed"), ("after", "skipped")]
     assert waiting.result().returncode == 1  # the run failed
     for _ in range(50):
-        if not _alive(child):
+        if not alive(child):
             break
         await asyncio.sleep(0.1)
-    assert not _alive(child), "the killed job's child process is still running"
+    assert not alive(child), "the killed job's child process is still running"
 
 
 async def test_rerun_from_a_failed_job_and_the_exit_code_table(stack: tuple[Stack, ApiClient], tmp_path: Path) -> None:
