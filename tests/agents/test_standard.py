@@ -12,6 +12,7 @@ from schemas.codec import decode, encode, encode_one
 from schemas.messages import Envelope, Finished, JobStatus, Kind
 from tests.agents.conftest import Spawn
 from tests.agents.helpers import DEADLINE_S, AgentProcess, EventSink, dispatch, spec
+from tests.shell import wait_for_file
 
 
 @pytest.fixture
@@ -191,7 +192,7 @@ async def test_a_replay_request_publishes_the_output_so_far_then_live_pieces_con
     name = f"a{uid}"
     await _start_agent(nc, spawn, name)
     go = tmp_path / "go"
-    script = f"printf 'early\\n'; printf 'oops\\n' >&2; while [ ! -e {go} ]; do sleep 0.05; done; printf 'late\\n'"
+    script = f"printf 'early\\n'; printf 'oops\\n' >&2; {wait_for_file(str(go))}; printf 'late\\n'"
     talk = spec(sid, "talk", argv=("sh", "-c", script))
     out = await subscribe(nc, subjects.output(sid, "t1", talk.attempt_id))
     await _dispatch(nc, name, dispatch(sid, talk))

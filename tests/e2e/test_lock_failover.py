@@ -25,6 +25,7 @@ import pytest
 from ekiden.client import ApiClient
 from ekiden.up import Stack
 from tests.e2e.procs import DEST, RELAY, TAKEOVER_TIMEOUT_S, call, ha_stack
+from tests.shell import wait_for_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ D="$1"
 mkdir "$D/inside" || exit {BOTH_INSIDE}
 trap 'rmdir "$D/inside"; exit 143' TERM
 echo "$0" >> "$D/marks"
-until [ -e "$D/go" ]; do sleep 0.1; done
+{wait_for_file('"$D/go"')}
 rmdir "$D/inside"
 """
 #: Seconds to wait for any one thing the stack does (generous: the machine may be loaded).

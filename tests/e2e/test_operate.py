@@ -15,6 +15,7 @@ from ekiden.client import ApiClient
 from ekiden.up import Stack, StackPlan
 from tests.agents.helpers import alive
 from tests.engine.helpers import wait_for_run
+from tests.shell import wait_for_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -145,9 +146,7 @@ async def test_logs_follow_prints_the_output_so_far_then_as_it_comes(
     wrote, mark = tmp_path / "wrote", tmp_path / "seen"
     # The job writes before anyone follows, then waits until the test saw that on 'logs --follow': it
     # can only end if the follower was sent the output so far, and 'late' must then come live.
-    script = (
-        f"echo early; echo warn >&2; touch {wrote}; while [ ! -e {mark} ]; do sleep 0.1; done; echo late; echo last >&2"
-    )
+    script = f"echo early; echo warn >&2; touch {wrote}; {wait_for_file(str(mark))}; echo late; echo last >&2"
     defs = {"jobnet": {"talk": {"job": [{"id": "t", "cmd": script, "shell": True, "dest": "cloud"}]}}}
     await client.call("apply", definitions=defs)
     run = (await client.call("run", jobnet="talk"))["run"]

@@ -30,6 +30,7 @@ from schemas.errors import ErrorCode, WireError
 from tests.e2e.test_operate import REPO, ekiden
 from tests.e2e.test_operate import stack as stack  # the fixture: one stack per test
 from tests.engine.helpers import wait_for_run
+from tests.shell import wait_for_file
 
 T = TypeVar("T")
 #: Seconds a job waits for its gate before it gives up (exit 9); the test fails long before.
@@ -71,9 +72,7 @@ class Marks:
             lines.append('mkdir "$d/inside" 2>/dev/null || { echo "someone is inside" >&2; exit 3; }')
         lines.append(f'echo "S $a {weight} $(date +%s%N)" >> "$d/log"')
         if gate:
-            lines.append(
-                f'i=0; while [ ! -e "$d/{gate}" ]; do i=$((i+1)); [ $i -lt {GATE_S * 20} ] || exit 9; sleep 0.05; done'
-            )
+            lines.append(wait_for_file(f'"$d/{gate}"', GATE_S))
         if exclusive:
             lines.append("sleep 0.2")
         lines.append(f'echo "E $a {weight} $(date +%s%N)" >> "$d/log"')

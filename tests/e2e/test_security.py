@@ -34,6 +34,7 @@ from schemas.codec import decode, encode, encode_one
 from schemas.errors import ErrorCode, WireError
 from schemas.messages import Envelope, Finished, JobStatus, Kind, attempt_id
 from tests.engine.helpers import wait_for_run
+from tests.shell import wait_for_file
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -99,7 +100,11 @@ def _definitions(work: Path) -> dict[str, Any]:
                     {
                         "id": "long",
                         "dest": "cloud",
-                        "cmd": ["sh", "-c", f"while [ ! -e {work}/release ]; do sleep 0.05; done"],
+                        "cmd": [
+                            "sh",
+                            "-c",
+                            wait_for_file(f"{work}/release"),
+                        ],
                         "timeout_s": 60,
                     }
                 ]
