@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Mapping
 from agents.calls import CallTargets, invoke
 from agents.errors import CallTargetError, RunAsError
 from agents.identity import resolve_user
+from agents.janitor import Janitor
 from agents.outcome import Interrupted, Outcome, race
 from agents.processes import OnStarted, ProcessRunner
 from agents.settings import AgentSettings, default_job_env
@@ -53,6 +54,7 @@ class Executor:
         host: str = "",
         job_env: Mapping[str, str] | None = None,
         allow_users: Collection[str] = (),
+        janitor: Janitor | None = None,
     ) -> None:
         """Set how jobs are stopped, what environment they get and whom they may run as.
 
@@ -62,8 +64,9 @@ class Executor:
             host: the host name put in results (default: this host's).
             job_env: the agent's variables every job gets (default: the default allow-list's).
             allow_users: OS users a job may ask to run as (honoured only when this process is root).
+            janitor: kills the jobs' process groups should this process die without doing it.
         """
-        self._processes = ProcessRunner(kill_grace_s, pipe_close_s)
+        self._processes = ProcessRunner(kill_grace_s, pipe_close_s, janitor)
         self._calls = CallTargets()
         self.host = host or socket.gethostname()
         self._job_env = dict(job_env) if job_env is not None else default_job_env()
@@ -71,9 +74,13 @@ class Executor:
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> "Executor":
-        """The executor an agent's settings describe."""
+        """The executor an agent's settings describe, with a janitor (``agents.janitor``)."""
         return cls(
-            settings.kill_grace_s, settings.pipe_close_s, job_env=settings.job_env, allow_users=settings.allow_users
+            settings.kill_grace_s,
+            settings.pipe_close_s,
+            job_env=settings.job_env,
+            allow_users=settings.allow_users,
+            janitor=Janitor(),
         )
 
     async def run(

@@ -9,6 +9,7 @@ import subprocess
 from asyncio.subprocess import DEVNULL, PIPE, SubprocessStreamProtocol
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from agents.janitor import Janitor
 from agents.outcome import Interrupted, Outcome, race
 from agents.output import READ_CHUNK_BYTES, BoundedCapture
 from schemas.messages import JobStatus
@@ -60,16 +61,18 @@ async def _pump(reader: asyncio.StreamReader | None, sink: BoundedCapture) -> No
 class ProcessRunner:
     """Runs commands; each is the leader of a new session, so it and everything it starts can be signalled."""
 
-    def __init__(self, kill_grace_s: float, pipe_close_s: float) -> None:
+    def __init__(self, kill_grace_s: float, pipe_close_s: float, janitor: Janitor | None = None) -> None:
         """Set how stopping behaves.
 
         Args:
             kill_grace_s: seconds between SIGTERM and SIGKILL when a job times out or is killed.
             pipe_close_s: seconds to wait for the output pipes to close after the leader exited, before
                 the rest of the group gets SIGKILL.
+            janitor: told of every job's process group, to kill them should this process die.
         """
         self._kill_grace_s = kill_grace_s
         self._pipe_close_s = pipe_close_s
+        self._janitor = janitor
 
     async def run(
         self,
@@ -114,6 +117,8 @@ class ProcessRunner:
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return Outcome.error(f"cannot start {argv[0]!r}: {exc}")
         pgid = transport.get_pid()
+        if self._janitor is not None:
+            self._janitor.watch(pgid)
         deadline = loop.time() + timeout_s if timeout_s is not None else None
         out = BoundedCapture(limit_bytes, functools.partial(tap, "stdout") if tap else None)
         err = BoundedCapture(limit_bytes, functools.partial(tap, "stderr") if tap else None)
@@ -135,6 +140,9 @@ class ProcessRunner:
             signal_group(pgid, signal.SIGKILL)
             transport.close()
             raise
+        finally:
+            if self._janitor is not None:
+                self._janitor.forget(pgid)
         code = transport.get_returncode()
         return Outcome(
             status=_status(stopped, code),

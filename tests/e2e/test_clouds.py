@@ -27,7 +27,7 @@ from runtime.bus import BusSettings, connect
 from runtime.destinations import consumer_config, stream_config
 from runtime.natsserver import NatsServer
 from schemas import subjects
-from tests.agents.helpers import AgentProcess, alive
+from tests.agents.helpers import AgentProcess, alive, wait_dead
 from tests.e2e.procs import MARK, outcome, wait_for_end, wait_for_succeeded
 from tests.engine.helpers import wait_for_manager
 from tests.relay.helpers import RelayProcess, eventually, wait_ready
@@ -398,9 +398,12 @@ async def test_a_worker_killed_mid_job_follows_the_restart_table(
             return all(j["state"] == "running" for j in doc["jobs"])
 
         await eventually(all_running, "every job running", deadline_s=RUN_DEADLINE_S)
+        running = [int(pid) for pid in lines(pids)]
         for victim in victims:
             victim.proc.kill()
             await victim.wait_exit()
+        for pid in running:  # each worker's janitor killed its jobs: none runs on beside its second run
+            assert await wait_dead(pid), "a job outlived its SIGKILLed worker"
         for dest in (restart, purge, stop):  # the survivors that find the dead workers' jobs redelivered
             workers.start(dest)
 
