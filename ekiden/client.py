@@ -173,3 +173,12 @@ class ApiClient:
         if reply.kind == Kind.ERROR:
             raise WireError.from_wire(reply.payload)
         return reply.payload.get("result")
+
+
+async def call_once(args: argparse.Namespace, verb: str, **params: Any) -> Any:
+    """Connect to the site the command line names, ask one API verb, close; return its result."""
+    client = await ApiClient.connect(endpoint_of(args))
+    try:
+        return await client.call(verb, **params)
+    finally:
+        await client.close()

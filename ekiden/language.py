@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ekiden.client import ApiClient, CliError, add_connection_args, endpoint_of
+from ekiden.client import ApiClient, CliError, add_connection_args, call_once, endpoint_of
 from ekiden.render import clock, print_json, table
 from schemas.definitions import DefinitionError, FieldError
 from schemas.definitions_schema import parse_export
@@ -32,17 +32,9 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     add_connection_args(s)
 
 
-async def _call(args: argparse.Namespace, verb: str, **params: Any) -> Any:
-    client = await ApiClient.connect(endpoint_of(args))
-    try:
-        return await client.call(verb, **params)
-    finally:
-        await client.close()
-
-
 async def cmd_export(args: argparse.Namespace) -> int:
     """``ekiden export [--out FILE]``."""
-    doc = await _call(args, "export")
+    doc = await call_once(args, "export")
     text = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
     if args.out:
         await asyncio.to_thread(Path(args.out).write_text, text, encoding="utf-8")
@@ -63,7 +55,7 @@ async def cmd_import(args: argparse.Namespace) -> int:
     except orjson.JSONDecodeError as exc:
         raise DefinitionError([FieldError(str(path), f"not valid JSON: {exc}")]) from exc
     defs = parse_export(doc)
-    result = await _call(args, "apply", definitions=defs.to_dict())
+    result = await call_once(args, "apply", definitions=defs.to_dict())
     changed = [n["name"] for n in result["jobnets"] if n["changed"]]
     print(f"imported {path}: {len(result['jobnets'])} jobnets ({len(changed)} new versions)", end="")
     others = [(k, len(result.get(k, []))) for k in ("destinations", "agents", "groups", "calendars")]
@@ -91,7 +83,7 @@ async def ls_versions(args: argparse.Namespace) -> int:
     """``ekiden ls versions JOBNET``."""
     if not args.name:
         raise CliError("ls versions needs a jobnet: ekiden ls versions JOBNET")
-    rows = await _call(args, "versions", jobnet=args.name)
+    rows = await call_once(args, "versions", jobnet=args.name)
     if args.json:
         print_json(rows)
         return 0
@@ -106,7 +98,7 @@ async def ls_versions(args: argparse.Namespace) -> int:
 
 async def dry_run(args: argparse.Namespace, params: dict[str, str]) -> int:
     """``ekiden run JOBNET --dry-run``: what would run where, and nothing runs."""
-    plan = await _call(args, "dry_run", jobnet=args.jobnet, params=params)
+    plan = await call_once(args, "dry_run", jobnet=args.jobnet, params=params)
     if args.json:
         print_json(plan)
         return 0

@@ -5,7 +5,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ekiden.client import ApiClient, CliError, add_connection_args, endpoint_of
+from ekiden.client import CliError, add_connection_args, call_once
 from ekiden.render import clock, print_json, table
 
 #: ``--older-than`` units, in seconds.
@@ -60,55 +60,47 @@ def older_than_s(text: str) -> float:
     return float(match.group(1)) * _UNITS_S[match.group(2)]
 
 
-async def _call(args: argparse.Namespace, verb: str, **params: Any) -> Any:
-    client = await ApiClient.connect(endpoint_of(args))
-    try:
-        return await client.call(verb, **params)
-    finally:
-        await client.close()
-
-
 async def cmd_hold(args: argparse.Namespace) -> int:
     """``ekiden hold RUN [JOB]``."""
-    print(_said(await _call(args, "hold", run=args.run, job=args.job)))
+    print(_said(await call_once(args, "hold", run=args.run, job=args.job)))
     return 0
 
 
 async def cmd_release(args: argparse.Namespace) -> int:
     """``ekiden release RUN [JOB]``."""
-    print(_said(await _call(args, "release", run=args.run, job=args.job)))
+    print(_said(await call_once(args, "release", run=args.run, job=args.job)))
     return 0
 
 
 async def cmd_skip(args: argparse.Namespace) -> int:
     """``ekiden skip RUN JOB``."""
-    print(_said(await _call(args, "skip", run=args.run, job=args.job)))
+    print(_said(await call_once(args, "skip", run=args.run, job=args.job)))
     return 0
 
 
 async def cmd_kill(args: argparse.Namespace) -> int:
     """``ekiden kill RUN [JOB]``."""
-    print(_said(await _call(args, "kill", run=args.run, job=args.job)))
+    print(_said(await call_once(args, "kill", run=args.run, job=args.job)))
     return 0
 
 
 async def cmd_rerun(args: argparse.Namespace) -> int:
     """``ekiden rerun RUN [--from JOB | --only JOB | --failed]``."""
     mode, job = ("from", args.from_job) if args.from_job else ("only", args.only) if args.only else ("failed", None)
-    result = await _call(args, "rerun", run=args.run, mode=mode, job=job)
+    result = await call_once(args, "rerun", run=args.run, mode=mode, job=job)
     print(f"run {result['run']}: running again {', '.join(result['rerun'])}")
     return 0
 
 
 async def cmd_set_status(args: argparse.Namespace) -> int:
     """``ekiden set-status RUN JOB STATE``."""
-    print(_said(await _call(args, "set_status", run=args.run, job=args.job, state=args.state)))
+    print(_said(await call_once(args, "set_status", run=args.run, job=args.job, state=args.state)))
     return 0
 
 
 async def cmd_audit(args: argparse.Namespace) -> int:
     """``ekiden audit``."""
-    rows = await _call(args, "audit", limit=args.limit)
+    rows = await call_once(args, "audit", limit=args.limit)
     if args.json:
         print_json(rows)
         return 0
@@ -123,7 +115,7 @@ async def cmd_audit(args: argparse.Namespace) -> int:
 
 async def cmd_purge(args: argparse.Namespace) -> int:
     """``ekiden purge --older-than AGE``."""
-    result = await _call(args, "purge", older_than_s=older_than_s(args.older_than))
+    result = await call_once(args, "purge", older_than_s=older_than_s(args.older_than))
     print(f"forgot finished runs and audit entries from before {clock(result['purged_before'])}")
     return 0
 

@@ -12,7 +12,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from ekiden.client import ApiClient, CliError, endpoint_of, site_dir
+from ekiden.client import ApiClient, CliError, call_once, endpoint_of, site_dir
 from ekiden.render import clock, print_json, table
 from engine.errors import EngineError
 from engine.settings import DEFAULT_SERVER_ID
@@ -119,11 +119,7 @@ def _active_line(doc: dict[str, Any]) -> str:
 
 
 async def _maintenance(args: argparse.Namespace) -> int:
-    client = await ApiClient.connect(endpoint_of(args))
-    try:
-        result = await client.call("maintenance", on=args.state == "on")
-    finally:
-        await client.close()
+    result = await call_once(args, "maintenance", on=args.state == "on")
     if result["maintenance"]:
         print(f"maintenance on: nothing new starts, new runs are refused ({result['jobs_held']} ready jobs held)")
     else:

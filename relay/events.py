@@ -9,6 +9,7 @@ relay of the same name.
 """
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from relay.requests import answer, internal_error, refuse, serve_requests
+from relay.requests import GroupIntake, answer, internal_error, refuse
 from runtime.epochs import EpochFence
 from runtime.outbox import EventOutbox
 from schemas import subjects
@@ -26,9 +27,6 @@ from schemas.messages import EVENT_KINDS, Envelope, Kind, ack_for
 from schemas.names import is_valid_name
 
 logger = logging.getLogger(__name__)
-
-#: Groups of event acks waiting for the manager at once; the next group's commit waits for a free one.
-MAX_WAITING_GROUPS = 32
 
 
 def route(env: Envelope) -> str:
@@ -64,7 +62,7 @@ class ManagerAcks:
         return True
 
 
-class EventIntake:
+class EventIntake(GroupIntake):
     """Handles groups of requests on ``subjects.relay_events(name)`` from destination workers.
 
     The events of the whole group are stored in one transaction through the outbox; then, in a task of its
@@ -73,20 +71,10 @@ class EventIntake:
     """
 
     def __init__(self, outbox: EventOutbox, acks: ManagerAcks, ack_wait_s: float = 0.0) -> None:
+        super().__init__()
         self._outbox = outbox
         self._acks = acks
         self._ack_wait_s = ack_wait_s
-        self._waiting = asyncio.Semaphore(MAX_WAITING_GROUPS)
-        self._answers: asyncio.TaskGroup | None = None
-
-    async def serve(self, sub: Subscription) -> None:
-        """Take groups of requests on ``sub`` until it ends; return once every request is answered."""
-        async with asyncio.TaskGroup() as tg:
-            self._answers = tg
-            try:
-                await serve_requests(sub, self.handle)
-            finally:
-                self._answers = None
 
     async def handle(self, msgs: list[Msg]) -> None:
         """Store one group of event batches, then ack them (after the manager did, within the bound)."""
@@ -120,19 +108,15 @@ class EventIntake:
             for msg, _, _ in taken:
                 await refuse(msg, internal_error("store the events"))
             return
-        if self._answers is None or not self._ack_wait_s or not stored:
+        if not self.can_wait or not self._ack_wait_s or not stored:
             await _ack_all(taken)
             return
-        await self._waiting.acquire()
-        self._answers.create_task(self._ack_when_passed_on(taken, stored))
+        await self.answer_later(functools.partial(self._ack_when_passed_on, taken, stored))
 
     async def _ack_when_passed_on(self, taken: list[tuple[Msg, str, list[str]]], stored: set[str]) -> None:
-        try:
-            if not await self._acks.wait(stored, self._ack_wait_s):
-                logger.debug("manager did not ack %d events within %g s: holding them", len(stored), self._ack_wait_s)
-            await _ack_all(taken)
-        finally:
-            self._waiting.release()
+        if not await self._acks.wait(stored, self._ack_wait_s):
+            logger.debug("manager did not ack %d events within %g s: holding them", len(stored), self._ack_wait_s)
+        await _ack_all(taken)
 
 
 async def _ack_all(taken: list[tuple[Msg, str, list[str]]]) -> None:

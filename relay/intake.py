@@ -1,6 +1,6 @@
 """Taking flexible jobs from managers: validate, fence, commit to SQLite, then ack (accepted, queued, refused)."""
 
-import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from relay.forwarding import Forwarder
-from relay.requests import answer, internal_error, refuse, serve_requests
+from relay.requests import GroupIntake, answer, internal_error, refuse
 from relay.store import HeldDispatch, RelayStore
 from runtime.epochs import EpochFence
 from schemas.codec import decode, encode_one
@@ -20,9 +19,6 @@ from schemas.messages import Envelope, JobSpec, Kind
 from schemas.names import is_valid_name
 
 logger = logging.getLogger(__name__)
-
-#: Groups of answers waiting for PubAcks at once; the next group's commit waits for a free one.
-MAX_ANSWERING_GROUPS = 32
 
 
 @dataclass(slots=True)
@@ -44,7 +40,7 @@ class _Request:
         return encode_one(Envelope(kind=Kind.ACK, sid=self.sid, payload=payload, ts=time.time()))
 
 
-class DispatchIntake:
+class DispatchIntake(GroupIntake):
     """Handles groups of requests on ``subjects.relay_run(name)``.
 
     Each dispatch is checked (``JobSpec.from_wire``, a destination, a routable server ID, an epoch no lower
@@ -65,23 +61,13 @@ class DispatchIntake:
         fence: EpochFence | None = None,
         queued_wait_s: float = 0.0,
     ) -> None:
+        super().__init__()
         self._name = name
         self._store = store
         self._forwarder = forwarder
         self._max_backlog = max_backlog
         self._fence = fence or EpochFence()
         self._queued_wait_s = queued_wait_s
-        self._answering = asyncio.Semaphore(MAX_ANSWERING_GROUPS)
-        self._answers: asyncio.TaskGroup | None = None
-
-    async def serve(self, sub: Subscription) -> None:
-        """Take groups of requests on ``sub`` until it ends; return once every request is answered."""
-        async with asyncio.TaskGroup() as tg:
-            self._answers = tg
-            try:
-                await serve_requests(sub, self.handle)
-            finally:
-                self._answers = None
 
     async def handle(self, msgs: list[Msg]) -> None:
         """Commit and answer one group of dispatch requests."""
@@ -108,18 +94,14 @@ class DispatchIntake:
         if new:
             logger.debug("relay %s: holding %d new dispatches", self._name, len(new))
         accepted = {aid for r in requests for aid in r.accepted}
-        if self._answers is None or not self._queued_wait_s or len(self._forwarder.queued(accepted)) == len(accepted):
+        if not self.can_wait or not self._queued_wait_s or len(self._forwarder.queued(accepted)) == len(accepted):
             await _answer_all(requests, self._forwarder.queued(accepted))
             return
-        await self._answering.acquire()
-        self._answers.create_task(self._answer_when_queued(requests, accepted))
+        await self.answer_later(functools.partial(self._answer_when_queued, requests, accepted))
 
     async def _answer_when_queued(self, requests: list["_Request"], accepted: set[str]) -> None:
-        try:
-            queued = await self._forwarder.wait_queued(accepted, self._queued_wait_s)
-            await _answer_all(requests, queued)
-        finally:
-            self._answering.release()
+        queued = await self._forwarder.wait_queued(accepted, self._queued_wait_s)
+        await _answer_all(requests, queued)
 
     async def _parse(self, msg: Msg) -> _Request | None:
         try:

@@ -1,7 +1,9 @@
 """Consuming a request subscription in groups, so many requests share one database transaction."""
 
+import asyncio
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
@@ -15,6 +17,9 @@ logger = logging.getLogger(__name__)
 
 #: Most requests handled (and committed) together.
 MAX_GROUP = 256
+
+#: Groups whose answers wait at once (for the manager's acks, for PubAcks); the next group waits for a slot.
+MAX_WAITING_GROUPS = 32
 
 #: Takes a group of requests and answers each of them.
 GroupHandler = Callable[[list[Msg]], Awaitable[None]]
@@ -43,6 +48,49 @@ async def serve_requests(sub: Subscription, handle: GroupHandler, max_group: int
             logger.exception("could not handle %d requests on %s", len(group), sub.subject)
         if ended:
             return
+
+
+class GroupIntake(ABC):
+    """Serves a request subscription in groups; a group may answer later, in a task of its own.
+
+    A group committed now may wait for something else before it is answered (the manager's acks, JetStream's
+    PubAcks) while the next group commits. At most ``MAX_WAITING_GROUPS`` wait at once, and ``serve``
+    returns only once every one of them was answered.
+    """
+
+    def __init__(self) -> None:
+        self._slots = asyncio.Semaphore(MAX_WAITING_GROUPS)
+        self._later: asyncio.TaskGroup | None = None
+
+    async def serve(self, sub: Subscription) -> None:
+        """Take groups of requests on ``sub`` until it ends; return once every request is answered."""
+        async with asyncio.TaskGroup() as tg:
+            self._later = tg
+            try:
+                await serve_requests(sub, self.handle)
+            finally:
+                self._later = None
+
+    @abstractmethod
+    async def handle(self, msgs: list[Msg]) -> None:
+        """Commit and answer one group of requests."""
+
+    @property
+    def can_wait(self) -> bool:
+        """Whether a group may answer later (only while ``serve`` runs)."""
+        return self._later is not None
+
+    async def answer_later(self, answer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``answer`` in a task of its own, once a waiting slot is free."""
+        assert self._later is not None, "answer_later outside serve"
+        await self._slots.acquire()
+        self._later.create_task(self._answer(answer))
+
+    async def _answer(self, answer: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await answer()
+        finally:
+            self._slots.release()
 
 
 async def answer(msg: Msg, body: bytes) -> None:
